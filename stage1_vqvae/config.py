@@ -1,0 +1,37 @@
+"""Stage-1 configuration: one dataclass, turned into flags by `tools.cli` and saved in every checkpoint."""
+
+from dataclasses import dataclass, field
+
+
+def opt(default, help, **extra):
+    """A config field with its --help text (and optional `choices`)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class VQVAEConfig:
+    # data
+    dataset: str = opt("cifar10", "which images", choices=["cifar10", "folder", "shapes"])
+    data_dir: str = opt("data", "CIFAR-10 download folder, or the image folder for --dataset folder")
+    shapes_train: int = opt(10000, "train images generated for --dataset shapes")
+    shapes_test: int = opt(1000, "test images generated for --dataset shapes")
+    out_dir: str = opt("runs/vqvae", "where checkpoints, logs and pictures go")
+    # model
+    codebook_size: int = opt(512, "K, number of code vectors")
+    embed_dim: int = opt(64, "D, size of each code vector")
+    hidden_channels: int = opt(128, "width of the encoder/decoder at the latent resolution")
+    res_blocks: int = opt(2, "residual blocks in the encoder and in the decoder")
+    quantizer: str = opt("ema", "codebook update: EMA, or the codebook loss", choices=["ema", "codebook"])
+    beta: float = opt(0.25, "commitment weight")
+    ema_decay: float = opt(0.99, "EMA decay (gamma) for --quantizer ema")
+    dead_code_threshold: float = opt(
+        1.0, "re-seed a code when its average use per batch (EMA) drops below this; 0 disables"
+    )
+    recon_loss: str = opt("l1", "reconstruction loss", choices=["l1", "l2"])
+    # training
+    epochs: int = opt(25, "training epochs")
+    batch_size: int = opt(128, "images per step")
+    lr: float = opt(2e-4, "Adam learning rate")
+    seed: int = opt(0, "seed for initialisation, shuffling and augmentation")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    precision: str = opt("auto", "auto: bf16 on CUDA, fp32 on CPU", choices=["auto", "fp32", "bf16"])

@@ -1,0 +1,208 @@
+"""Datasets as resident uint8 tensors, and batches made from them on the training device.
+
+Each dataset is decoded once into `images` (N, 3, 32, 32) uint8 and `labels` (N,) int64. Training
+batches are index slices of a shuffled permutation; the flip and the scaling to [-1, 1] happen on the
+device, a whole batch at a time (no per-image Python work, no worker processes).
+
+- `cifar10`: torchvision's CIFAR-10, downloaded into DATA_DIR when missing.
+- `folder`: `<class>/<image>` folders; DATA_DIR/train and DATA_DIR/test when both exist, otherwise a
+  deterministic 10% of each class is held out. Images are resized and center-cropped to 32x32;
+  files that cannot be decoded are skipped with a warning that names them.
+- `shapes`: procedural coloured shapes, generated from a seed (works offline, used by the demo).
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tools.cli import UserError
+
+IMAGE_SIZE = 32
+SHAPE_CLASSES = ["circle", "square", "triangle", "ring", "cross", "diamond"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, 3, 32, 32) uint8
+    labels: torch.Tensor  # (N,) int64
+    class_names: list
+
+    def __len__(self):
+        return self.images.shape[0]
+
+
+def load_split(dataset: str, data_dir: str, split: str, shapes_counts=(10000, 1000)) -> ImageSet:
+    """The `split` ('train' or 'test') of `dataset` as an ImageSet."""
+    if dataset == "cifar10":
+        return _load_cifar10(Path(data_dir), split)
+    if dataset == "folder":
+        return _load_folder(Path(data_dir), split)
+    if dataset == "shapes":
+        count = shapes_counts[0] if split == "train" else shapes_counts[1]
+        return make_shapes(count, seed=0 if split == "train" else 1)
+    raise UserError(f"unknown dataset {dataset!r} (choose cifar10, folder or shapes)")
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def _load_cifar10(root: Path, split: str) -> ImageSet:
+    from torchvision.datasets import CIFAR10
+
+    extracted = (root / "cifar-10-batches-py").is_dir()
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=not extracted)
+    except Exception as err:  # offline, refused, corrupt archive: all end the same way for the user
+        raise UserError(
+            f"could not get CIFAR-10 into '{root}' ({type(err).__name__}: {err}). If this machine is offline, "
+            f"download {CIFAR_URL} elsewhere and put cifar-10-python.tar.gz in '{root}/', then run again. "
+            "DATASET=shapes (built in) and DATASET=folder DATA_DIR=<images> work offline."
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    return ImageSet(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _list_class_files(root: Path) -> dict:
+    """{class name: sorted image paths} for a `<class>/<image>` folder."""
+    if not root.is_dir():
+        raise UserError(f"image folder '{root}' does not exist")
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    files = {c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
+    files = {name: paths for name, paths in files.items() if paths}
+    if not files:
+        raise UserError(f"no images found in '{root}': expected <class>/<image> sub-folders (png, jpg, ...)")
+    return files
+
+
+def _decode_image(path: Path) -> np.ndarray:
+    """One file -> (32, 32, 3) uint8: RGB, shorter side resized to 32, center-cropped."""
+    from PIL import Image
+    from torchvision.transforms.functional import center_crop, resize
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+            img = center_crop(resize(img, IMAGE_SIZE, antialias=True), IMAGE_SIZE)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _decode_files(paths: list, labels: list, class_names: list) -> ImageSet:
+    """Decode image files into an ImageSet, skipping (and naming) the ones that cannot be read."""
+    from tqdm import tqdm
+
+    arrays, kept_labels, failed = [], [], []
+    for path, label in zip(tqdm(paths, desc="decoding images", unit="img", leave=False, disable=len(paths) < 2000), labels):
+        try:
+            arrays.append(_decode_image(path))
+            kept_labels.append(label)
+        except Exception:  # PIL raises several types for broken files
+            failed.append(str(path))
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        print(f"warning: skipped {len(failed)} image(s) that could not be decoded: {shown}", file=sys.stderr)
+    if not arrays:
+        raise UserError("none of the images could be decoded")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images, torch.tensor(kept_labels, dtype=torch.int64), class_names)
+
+
+def _load_folder(root: Path, split: str) -> ImageSet:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        class_names = sorted(_list_class_files(root / "train"))
+        files = _list_class_files(root / split)
+        unknown = sorted(set(files) - set(class_names))
+        if unknown:
+            raise UserError(f"'{root / split}' has classes that '{root / 'train'}' lacks: {', '.join(unknown)}")
+        chosen = {name: paths for name, paths in files.items()}
+    else:
+        files = _list_class_files(root)
+        class_names = sorted(files)
+        # Every 10th file of each class (sorted by path) is the held-out split: deterministic, stratified.
+        held_out = split == "test"
+        chosen = {name: [p for i, p in enumerate(paths) if (i % 10 == 9) == held_out] for name, paths in files.items()}
+    paths, labels = [], []
+    for name, class_paths in chosen.items():
+        paths += class_paths
+        labels += [class_names.index(name)] * len(class_paths)
+    if not paths:
+        raise UserError(f"no {split} images in '{root}' (a folder needs at least 10 images per class to hold out a test split)")
+    return _decode_files(paths, labels, class_names)
+
+
+# ---------------------------------------------------------------- procedural shapes
+
+
+def _shape_masks(kind: np.ndarray, cx, cy, r) -> np.ndarray:
+    """(N, 32, 32) bool masks of shape `kind[i]` centred at (cx, cy) with radius r (arrays of N)."""
+    coords = np.arange(IMAGE_SIZE, dtype=np.float32)
+    dx = coords[None, None, :] - cx[:, None, None]
+    dy = coords[None, :, None] - cy[:, None, None]
+    r = r[:, None, None]
+    dist = np.sqrt(dx**2 + dy**2)
+    masks = [
+        dist <= r,  # circle
+        (np.abs(dx) <= 0.8 * r) & (np.abs(dy) <= 0.8 * r),  # square
+        (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2),  # triangle, point up
+        (dist <= r) & (dist >= 0.55 * r),  # ring
+        ((np.abs(dx) <= r / 3) & (np.abs(dy) <= r)) | ((np.abs(dy) <= r / 3) & (np.abs(dx) <= r)),  # cross
+        np.abs(dx) + np.abs(dy) <= r,  # diamond
+    ]
+    return np.choose(kind[:, None, None], masks)
+
+
+def make_shapes(count: int, seed: int = 0) -> ImageSet:
+    """`count` 32x32 images of one coloured shape on a plain or gradient background, label = shape class."""
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(len(SHAPE_CLASSES), size=count)
+    r = rng.uniform(5, 11, count).astype(np.float32)
+    cx = rng.uniform(r, IMAGE_SIZE - 1 - r).astype(np.float32)
+    cy = rng.uniform(r, IMAGE_SIZE - 1 - r).astype(np.float32)
+    fg = rng.uniform(0, 1, (count, 3)).astype(np.float32)
+    bg = rng.uniform(0, 1, (count, 3)).astype(np.float32)
+    too_close = np.abs(fg - bg).sum(1) < 0.6
+    bg[too_close] = 1 - fg[too_close]  # keep every shape visible against its background
+    bg_end = np.clip(bg + rng.uniform(-0.3, 0.3, (count, 3)), 0, 1).astype(np.float32)
+    ramp = np.linspace(0, 1, IMAGE_SIZE, dtype=np.float32)
+    vertical = rng.random(count) < 0.5
+    t = np.where(vertical[:, None, None], ramp[None, :, None], ramp[None, None, :])  # (N, 32, 32)
+    background = bg[:, :, None, None] * (1 - t[:, None]) + bg_end[:, :, None, None] * t[:, None]  # (N, 3, 32, 32)
+    mask = _shape_masks(kind, cx, cy, r)[:, None]  # (N, 1, 32, 32)
+    images = np.where(mask, fg[:, :, None, None], background)
+    images = torch.from_numpy(np.round(images * 255).astype(np.uint8))
+    return ImageSet(images, torch.from_numpy(kind.astype(np.int64)), list(SHAPE_CLASSES))
+
+
+# ---------------------------------------------------------------- batches
+
+
+def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], i.e. (x - 0.5) / 0.5 on the [0, 1] scale."""
+    return images_u8.float().div_(127.5).sub_(1.0)
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of (B, C, H, W) left-right with probability 1/2 (draws from `generator`)."""
+    flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def train_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, augment: bool = True):
+    """Yield shuffled float batches in [-1, 1] covering every image once, with random flips on the device."""
+    order = torch.randperm(images.shape[0], generator=generator, device=generator.device).to(images.device)
+    for start in range(0, images.shape[0], batch_size):
+        batch = to_model_range(images[order[start : start + batch_size]])
+        yield random_hflip(batch, generator) if augment else batch
+
+
+def eval_batches(images: torch.Tensor, batch_size: int, device: torch.device):
+    """Yield float batches in [-1, 1] in dataset order, no augmentation, moved to `device`."""
+    for start in range(0, images.shape[0], batch_size):
+        yield to_model_range(images[start : start + batch_size].to(device, non_blocking=True))

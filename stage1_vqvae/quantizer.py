@@ -1,0 +1,162 @@
+"""Vector quantizers: nearest-code lookup with a straight-through gradient.
+
+Two ways to learn the codebook (SPEC.md):
+- `VectorQuantizer`: codebook loss |sg[z] - e|^2 moves the codes, commitment beta |z - sg[e]|^2 the encoder.
+- `EMAVectorQuantizer`: codes are exponential moving averages of the vectors assigned to them
+  (training mode only); only the commitment term is a loss.
+Both initialise the codebook from the first training batch and re-seed codes that stop being used,
+so the codebook does not collapse to a few codes. Distances and EMA statistics are always fp32.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _QuantizerBase(nn.Module):
+    """Nearest-code search, data initialisation and dead-code re-seeding shared by both quantizers."""
+
+    def __init__(self, codebook_size: int, embed_dim: int, beta: float, dead_code_threshold: float):
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.embed_dim = embed_dim
+        self.beta = beta
+        self.dead_code_threshold = dead_code_threshold
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("usage", torch.zeros(codebook_size))  # EMA of times chosen per batch
+
+    @property
+    def codebook(self) -> torch.Tensor:  # (K, D)
+        raise NotImplementedError
+
+    def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of `flat` (N, D), in fp32: |z|^2 + |e|^2 - 2 z.e."""
+        codebook = self.codebook.float()
+        distances = torch.addmm(
+            flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1), flat, codebook.t(), alpha=-2.0
+        )  # (N, K)
+        return distances.argmin(1)
+
+    def embed_code(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code vectors for integer indices (...,) -> (..., D)."""
+        return F.embedding(indices, self.codebook)
+
+    def _random_rows(self, flat: torch.Tensor, count: int) -> torch.Tensor:
+        """`count` rows drawn from `flat` (without replacement when there are enough)."""
+        if flat.shape[0] >= count:
+            picks = torch.randperm(flat.shape[0], device=flat.device)[:count]
+        else:
+            picks = torch.randint(flat.shape[0], (count,), device=flat.device)
+        return flat[picks]
+
+    @torch.no_grad()
+    def _init_from_data(self, flat: torch.Tensor) -> None:
+        """Start every code at an encoder output, so all codes begin inside the data."""
+        self._set_codes(torch.arange(self.codebook_size, device=flat.device), self._random_rows(flat, self.codebook_size))
+        self.usage.fill_(self._grace_usage())
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _track_usage_and_reseed(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+        """Update the usage EMA; move codes used less than the threshold onto current encoder outputs."""
+        self.usage.mul_(0.99).add_(counts, alpha=0.01)
+        if self.dead_code_threshold <= 0:
+            return
+        dead = (self.usage < self.dead_code_threshold).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return
+        self._set_codes(dead, self._random_rows(flat, dead.numel()))
+        self.usage[dead] = self._grace_usage()
+
+    def _grace_usage(self) -> float:
+        """Usage given to a new code: never chosen, it decays below the threshold in about 20 steps."""
+        return 1.25 * self.dead_code_threshold
+
+    def _codebook_update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
+        """Hook for the EMA update (training mode only)."""
+
+    def _vq_loss(self, z: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, z_e: torch.Tensor):
+        """(B, D, H, W) encoder output -> (straight-through quantized (B, D, H, W), vq loss, indices (B, H, W))."""
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            b, d, h, w = z_e.shape
+            z = z_e.float().permute(0, 2, 3, 1)  # (B, H, W, D)
+            flat = z.reshape(-1, d)  # (N, D)
+            if self.training and not bool(self.initialized):
+                self._init_from_data(flat.detach())
+            indices = self.nearest_codes(flat.detach())  # (N,)
+            if self.training:
+                counts = torch.bincount(indices, minlength=self.codebook_size).float()
+                self._codebook_update(flat.detach(), indices, counts)
+                self._track_usage_and_reseed(flat.detach(), counts)
+            quantized = self.embed_code(indices).view(b, h, w, d)
+            loss = self._vq_loss(z, quantized)
+            quantized = z + (quantized - z).detach()  # straight-through: decoder gradient reaches the encoder
+        return quantized.permute(0, 3, 1, 2).contiguous(), loss, indices.view(b, h, w)
+
+
+class VectorQuantizer(_QuantizerBase):
+    """Codebook learned by gradient descent on the codebook loss."""
+
+    def __init__(self, codebook_size: int, embed_dim: int, beta: float = 0.25, dead_code_threshold: float = 1.0):
+        super().__init__(codebook_size, embed_dim, beta, dead_code_threshold)
+        self.embedding = nn.Parameter(torch.empty(codebook_size, embed_dim).uniform_(-1 / codebook_size, 1 / codebook_size))
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.embedding
+
+    def _set_codes(self, which, vectors):
+        self.embedding.data[which] = vectors
+
+    def _vq_loss(self, z, quantized):
+        codebook_loss = F.mse_loss(quantized, z.detach())  # moves the codes (gradient reaches the codebook)
+        commitment = F.mse_loss(z, quantized.detach())  # moves the encoder
+        return codebook_loss + self.beta * commitment
+
+
+class EMAVectorQuantizer(_QuantizerBase):
+    """Codebook learned as EMA of assigned encoder outputs, with Laplace-smoothed counts."""
+
+    def __init__(
+        self,
+        codebook_size: int,
+        embed_dim: int,
+        beta: float = 0.25,
+        dead_code_threshold: float = 1.0,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+    ):
+        super().__init__(codebook_size, embed_dim, beta, dead_code_threshold)
+        self.decay = decay
+        self.eps = eps
+        embedding = torch.randn(codebook_size, embed_dim)
+        self.register_buffer("embedding", embedding)  # (K, D)
+        self.register_buffer("cluster_size", torch.ones(codebook_size))  # N_k
+        self.register_buffer("embed_sum", embedding.clone())  # m_k
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.embedding
+
+    def _set_codes(self, which, vectors):
+        self.embedding[which] = vectors
+        self.embed_sum[which] = vectors
+        self.cluster_size[which] = 1.0
+
+    @torch.no_grad()
+    def _codebook_update(self, flat, indices, counts):
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat)  # (K, D)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + self.codebook_size * self.eps) * n
+        self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(1))
+
+    def _vq_loss(self, z, quantized):
+        return self.beta * F.mse_loss(z, quantized.detach())

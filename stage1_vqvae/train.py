@@ -1,0 +1,166 @@
+"""Train the VQ-VAE, validating every epoch and keeping the best checkpoint by validation loss.
+
+    python -m stage1_vqvae.train --dataset shapes --epochs 5       # see --help for every flag
+    python -m stage1_vqvae.train --eval-only                        # metrics + pictures from ckpt.pt
+
+Writes to --out-dir: config.json, metrics.jsonl, recon_epochNNN.png (test inputs above their
+reconstructions), state.pt (resume point, every epoch) and, at the end, ckpt.pt (best epoch).
+Re-running resumes an interrupted run; a finished run is left alone unless --fresh is given.
+"""
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from stage1_vqvae.checkpoint import STAGE, load_vqvae
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.data import eval_batches, load_split, to_model_range, train_batches
+from stage1_vqvae.model import VQVAE
+from tools.cli import build_parser, config_from, given_config_values, main_entry
+from tools.files import append_jsonl, write_json
+from tools.images import save_comparison
+from tools.runtime import autocast, configure_backend, pick_device, progress_disabled, seed_everything
+from tools.training import METRICS, finish, prepare_run, restore, save_state, write_config
+
+EVAL_BATCH = 512
+PREVIEW_IMAGES = 16
+
+
+def parse_args(argv):
+    parser = build_parser(VQVAEConfig, __doc__.split("\n")[0])
+    parser.add_argument("--eval-only", action="store_true", help="evaluate a checkpoint instead of training")
+    parser.add_argument("--ckpt", default=None, help="checkpoint for --eval-only (default: OUT_DIR/ckpt.pt)")
+    parser.add_argument("--fresh", action="store_true", help="discard an earlier run in OUT_DIR and start over")
+    return parser.parse_args(argv)
+
+
+def load_data(cfg: VQVAEConfig, device: torch.device):
+    """Train and test images as resident uint8 tensors on `device`."""
+    counts = (cfg.shapes_train, cfg.shapes_test)
+    train = load_split(cfg.dataset, cfg.data_dir, "train", counts)
+    test = load_split(cfg.dataset, cfg.data_dir, "test", counts)
+    return train.images.to(device), test.images.to(device)
+
+
+def psnr(mse_unit_range: float) -> float:
+    """PSNR in dB for an MSE measured on the [0, 1] scale."""
+    return 10 * math.log10(1.0 / max(mse_unit_range, 1e-12))
+
+
+@torch.no_grad()
+def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict:
+    """Held-out loss, MSE and PSNR on the [0, 1] scale, perplexity and codes used over the whole split."""
+    model.eval()
+    totals = {"loss": 0.0, "recon": 0.0, "mse": 0.0}
+    counts = torch.zeros(model.cfg.codebook_size, device=device)
+    for x in eval_batches(images, EVAL_BATCH, device):
+        with autocast(device, precision):
+            x_hat, loss, parts = model(x)
+        n = x.shape[0]
+        totals["loss"] += loss.item() * n
+        totals["recon"] += parts["recon"].item() * n
+        totals["mse"] += torch.mean(((x_hat.float() - x) / 2) ** 2).item() * n  # /2: [-1,1] -> [0,1] scale
+        counts += torch.bincount(parts["indices"].flatten(), minlength=model.cfg.codebook_size)
+    metrics = {k: v / images.shape[0] for k, v in totals.items()}
+    p = counts / counts.sum()
+    metrics["psnr"] = psnr(metrics["mse"])
+    metrics["perplexity"] = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
+    metrics["codes_used"] = int((counts > 0).sum().item())
+    return metrics
+
+
+def train_epoch(model, optimizer, images, cfg, device, epoch: int, step: int):
+    """One pass over the shuffled training images; returns (mean loss, mean recon loss, steps taken)."""
+    model.train()
+    generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+    total_loss = total_recon = 0.0
+    n_batches = math.ceil(images.shape[0] / cfg.batch_size)
+    bar = tqdm(train_batches(images, cfg.batch_size, generator), total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=progress_disabled())
+    for x in bar:
+        with autocast(device, cfg.precision):
+            _, loss, parts = model(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        total_loss += loss.item()
+        total_recon += parts["recon"].item()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return total_loss / n_batches, total_recon / n_batches, step
+
+
+def save_preview(model: VQVAE, test_images: torch.Tensor, path: Path, device) -> None:
+    """Save the first test images above their reconstructions."""
+    model.eval()
+    x = to_model_range(test_images[:PREVIEW_IMAGES].to(device))
+    save_comparison(x, model.decode_indices(model.encode(x)), path)
+
+
+def run_eval_only(args, given: dict) -> None:
+    """Print held-out metrics of a checkpoint and render its reconstructions."""
+    out_dir = Path(given.get("out_dir", VQVAEConfig().out_dir))
+    ckpt_path = Path(args.ckpt) if args.ckpt else out_dir / "ckpt.pt"
+    device = pick_device(given.get("device", "auto"))
+    model = load_vqvae(ckpt_path, device)
+    data_flags = {k: v for k, v in given.items() if k in ("dataset", "data_dir", "shapes_train", "shapes_test")}
+    cfg = config_from(VQVAEConfig, {**vars(model.cfg), **data_flags})
+    _, test_images = load_data(cfg, device)
+    metrics = evaluate(model, test_images, device, given.get("precision", cfg.precision))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_preview(model, test_images, out_dir / "eval_recon.png", device)
+    write_json(out_dir / "eval.json", {"checkpoint": str(ckpt_path), "dataset": cfg.dataset, **metrics})
+    print(f"{ckpt_path} on {cfg.dataset} test ({test_images.shape[0]} images): " + format_metrics(metrics))
+    print(f"wrote {out_dir / 'eval_recon.png'} and {out_dir / 'eval.json'}")
+
+
+def format_metrics(m: dict) -> str:
+    return f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  perplexity {m['perplexity']:.1f}  codes used {m['codes_used']}"
+
+
+@main_entry
+def main(argv=None):
+    args = parse_args(argv)
+    given = given_config_values(VQVAEConfig, args)
+    if args.eval_only:
+        return run_eval_only(args, given)
+    cfg, state = prepare_run(VQVAEConfig, given, STAGE, args.fresh)
+    if cfg is None:
+        print(f"{given.get('out_dir', VQVAEConfig().out_dir)}/ckpt.pt exists: already trained (use --fresh to train again)")
+        return
+    out_dir = Path(cfg.out_dir)
+    device = pick_device(cfg.device)
+    configure_backend(device)
+    seed_everything(cfg.seed)
+    train_images, test_images = load_data(cfg, device)
+    model = VQVAE(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    progress = restore(state, model, optimizer)
+    if state is not None:
+        print(f"resuming from epoch {progress.epoch}, step {progress.step}")
+    write_config(out_dir, cfg)
+    print(f"training on {train_images.shape[0]} {cfg.dataset} images, testing on {test_images.shape[0]}, device {device}")
+    metrics = {}
+    for epoch in range(progress.epoch, cfg.epochs):
+        start = time.perf_counter()
+        train_loss, train_recon, progress.step = train_epoch(model, optimizer, train_images, cfg, device, epoch, progress.step)
+        seconds = time.perf_counter() - start
+        metrics = evaluate(model, test_images, device, cfg.precision)
+        is_best = progress.record_epoch(metrics["loss"], model)
+        record = {"epoch": epoch + 1, "step": progress.step, "train_loss": train_loss, "train_recon": train_recon,
+                  **{f"val_{k}": v for k, v in metrics.items()}, "seconds": seconds,
+                  "img_per_s": train_images.shape[0] / seconds}
+        append_jsonl(out_dir / METRICS, record)
+        save_preview(model, test_images, out_dir / f"recon_epoch{epoch + 1:03d}.png", device)
+        save_state(out_dir, STAGE, cfg, model, optimizer, progress)
+        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}  val {format_metrics(metrics)}  "
+              f"({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")
+    path = finish(out_dir, STAGE, cfg, progress, metrics)
+    print(f"best epoch {progress.best_epoch} (val loss {progress.best_metric:.4f}) -> {path}")
+    print(f"logs and pictures in {out_dir}/ (metrics.jsonl, config.json, recon_epoch*.png)")
+
+
+if __name__ == "__main__":
+    main()

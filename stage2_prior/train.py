@@ -1,0 +1,136 @@
+"""Train the PixelCNN prior on stage-1 code maps; report test negative log-likelihood in bits per code.
+
+    python -m stage2_prior.train --codes-dir runs/codes --out-dir runs/prior   # see --help
+
+Codebook size, grid shape and class count come from CODES_DIR/meta.json, never from flags.
+Writes to --out-dir: config.json, metrics.jsonl (train and test bits per code every epoch), state.pt
+(resume point, every epoch) and, at the end, ckpt.pt (the epoch with the lowest test bits per code).
+Re-running resumes an interrupted run; a finished run is left alone unless --fresh is given.
+"""
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from stage2_prior.checkpoint import STAGE
+from stage2_prior.config import PriorConfig
+from stage2_prior.data import load_codes, read_meta
+from stage2_prior.model import GatedPixelCNN
+from tools.cli import UserError, build_parser, given_config_values, main_entry
+from tools.files import append_jsonl
+from tools.runtime import autocast, configure_backend, pick_device, progress_disabled, seed_everything
+from tools.training import METRICS, finish, prepare_run, restore, save_state, write_config
+
+EVAL_BATCH = 1024
+
+
+def parse_args(argv):
+    parser = build_parser(PriorConfig, __doc__.split("\n")[0])
+    parser.add_argument("--fresh", action="store_true", help="discard an earlier run in OUT_DIR and start over")
+    return parser.parse_args(argv)
+
+
+def with_meta(cfg: PriorConfig, meta: dict) -> PriorConfig:
+    """The config with codebook size, grid shape, class count and stage-1 identity from meta.json."""
+    if cfg.class_conditional and meta["num_classes"] < 1:
+        raise UserError("--class-conditional needs labelled codes, but meta.json lists no classes")
+    return dataclasses.replace(
+        cfg,
+        codebook_size=meta["codebook_size"],
+        grid_height=meta["grid_shape"][0],
+        grid_width=meta["grid_shape"][1],
+        num_classes=meta["num_classes"],
+        stage1_checkpoint=meta.get("stage1_checkpoint", ""),
+        stage1_sha256=meta["stage1_sha256"],
+    )
+
+
+def labels_or_none(model: GatedPixelCNN, labels: torch.Tensor):
+    return labels if model.cfg.class_conditional else None
+
+
+@torch.no_grad()
+def test_bits_per_code(model: GatedPixelCNN, codes, labels, device, precision: str) -> float:
+    """Mean negative log-likelihood over the split, in bits per code."""
+    model.eval()
+    total = 0.0
+    for start in range(0, codes.shape[0], EVAL_BATCH):
+        x, y = codes[start : start + EVAL_BATCH], labels[start : start + EVAL_BATCH]
+        with autocast(device, precision):
+            _, loss = model(x, labels_or_none(model, y))
+        total += loss.item() * x.shape[0]
+    return total / codes.shape[0] / math.log(2)
+
+
+def train_epoch(model, optimizer, codes, labels, cfg: PriorConfig, device, epoch: int, step: int):
+    """One shuffled pass over the train maps; returns (mean train bits per code, steps taken)."""
+    model.train()
+    generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(codes.shape[0], generator=generator, device=device)
+    starts = range(0, codes.shape[0], cfg.batch_size)
+    total = 0.0
+    bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=progress_disabled())
+    for start in bar:
+        picked = order[start : start + cfg.batch_size]
+        with autocast(device, cfg.precision):
+            _, loss = model(codes[picked], labels_or_none(model, labels[picked]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        total += loss.item()
+        bar.set_postfix(bits=f"{loss.item() / math.log(2):.3f}")
+    return total / len(starts) / math.log(2), step
+
+
+@main_entry
+def main(argv=None):
+    args = parse_args(argv)
+    given = given_config_values(PriorConfig, args)
+    cfg, state = prepare_run(PriorConfig, given, STAGE, args.fresh)
+    if cfg is None:
+        print(f"{given.get('out_dir', PriorConfig().out_dir)}/ckpt.pt exists: already trained (use --fresh to train again)")
+        return
+    meta = read_meta(cfg.codes_dir)
+    if state is not None and state["config"].get("stage1_sha256") != meta["stage1_sha256"]:
+        raise UserError(f"{cfg.codes_dir} was re-encoded by another stage-1 checkpoint since this run started; use --fresh")
+    cfg = with_meta(cfg, meta)
+    out_dir = Path(cfg.out_dir)
+    device = pick_device(cfg.device)
+    configure_backend(device)
+    seed_everything(cfg.seed)
+    train_codes, train_labels = (t.to(device) for t in load_codes(cfg.codes_dir, "train", meta))
+    test_codes, test_labels = (t.to(device) for t in load_codes(cfg.codes_dir, "test", meta))
+    model = GatedPixelCNN(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    progress = restore(state, model, optimizer)
+    if state is not None:
+        print(f"resuming from epoch {progress.epoch}, step {progress.step}")
+    write_config(out_dir, cfg)
+    kind = "class-conditional " if cfg.class_conditional else ""
+    print(f"training a {kind}prior on {train_codes.shape[0]} maps of {cfg.grid_height}x{cfg.grid_width} codes "
+          f"(K={cfg.codebook_size}; uniform = {math.log2(cfg.codebook_size):.2f} bits/code), device {device}")
+    test_bits = math.inf
+    for epoch in range(progress.epoch, cfg.epochs):
+        start = time.perf_counter()
+        train_bits, progress.step = train_epoch(model, optimizer, train_codes, train_labels, cfg, device, epoch, progress.step)
+        seconds = time.perf_counter() - start
+        test_bits = test_bits_per_code(model, test_codes, test_labels, device, cfg.precision)
+        is_best = progress.record_epoch(test_bits, model)
+        append_jsonl(out_dir / METRICS, {"epoch": epoch + 1, "step": progress.step, "train_bits_per_code": train_bits,
+                                         "test_bits_per_code": test_bits, "seconds": seconds,
+                                         "maps_per_s": train_codes.shape[0] / seconds})
+        save_state(out_dir, STAGE, cfg, model, optimizer, progress)
+        print(f"epoch {epoch + 1}/{cfg.epochs}: train {train_bits:.3f}  test {test_bits:.3f} bits/code  "
+              f"({train_codes.shape[0] / seconds:.0f} maps/s){'  *best' if is_best else ''}")
+    path = finish(out_dir, STAGE, cfg, progress, {"test_bits_per_code": progress.best_metric})
+    print(f"best epoch {progress.best_epoch} (test {progress.best_metric:.3f} bits/code) -> {path}")
+    print(f"logs in {out_dir}/ (metrics.jsonl, config.json)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Cross-stage commands (sampling) and the small helpers every stage shares."""

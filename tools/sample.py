@@ -1,0 +1,110 @@
+"""Sample code maps from the prior and decode them with the frozen stage-1 decoder.
+
+    python -m tools.sample --prior runs/prior/ckpt.pt --n 64 --temperature 1.0 --seed 0   # see --help
+
+Writes OUT_DIR/samples.npy (the code maps), samples.png (the decoded grid) and, for a class-conditional
+prior, samples_labels.npy. The same seed gives the same samples. Runs on the GPU when there is one.
+"""
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stage1_vqvae.checkpoint import load_vqvae
+from stage1_vqvae.encode import code_dtype, save_array
+from stage2_prior.checkpoint import load_prior
+from tools.cli import UserError, main_entry
+from tools.files import remove_stale_temporaries, sha256_file
+from tools.images import save_grid
+from tools.runtime import pick_device, progress_disabled
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prior", default="runs/prior/ckpt.pt", help="stage-2 checkpoint (default: %(default)s)")
+    parser.add_argument("--vqvae", default=None, help="stage-1 checkpoint (default: the one the prior's codes came from)")
+    parser.add_argument("--out-dir", default="runs/samples", help="where the samples go (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely codes")
+    parser.add_argument("--class", dest="label", type=int, default=None,
+                        help="class to draw (class-conditional priors; default: every class in turn)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same samples (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=256, help="samples drawn at once (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def check_args(args) -> None:
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    if args.temperature < 0:
+        raise UserError("--temperature must be >= 0")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+
+
+def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | None:
+    """Labels for each sample: None for an unconditional prior, else `label` or every class in blocks."""
+    cfg = prior.cfg
+    if not cfg.class_conditional:
+        if label is not None:
+            raise UserError("--class needs a class-conditional prior (train it with --class-conditional)")
+        return None
+    if label is None:
+        return torch.arange(n, device=device) * cfg.num_classes // n  # every class, in equal blocks
+    if not 0 <= label < cfg.num_classes:
+        raise UserError(f"--class must be in [0, {cfg.num_classes})")
+    return torch.full((n,), label, device=device, dtype=torch.long)
+
+
+def resolve_vqvae(args, prior) -> Path:
+    """The stage-1 checkpoint to decode with, checked to be the one the prior's codes came from."""
+    path = Path(args.vqvae or prior.cfg.stage1_checkpoint)
+    if not path.is_file():
+        raise UserError(f"{path}: stage-1 checkpoint not found (pass --vqvae)")
+    if prior.cfg.stage1_sha256 and sha256_file(path) != prior.cfg.stage1_sha256:
+        raise UserError(f"{path} is not the stage-1 checkpoint whose codes trained {args.prior} "
+                        "(sha256 differs): its decoder would give meaningless images")
+    return path
+
+
+@torch.no_grad()
+def draw_samples(prior, labels, args, device) -> torch.Tensor:
+    """(n, H, W) code maps drawn batch by batch from one seeded generator."""
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    chunks = []
+    for start in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch", disable=progress_disabled()):
+        count = min(args.batch_size, args.n - start)
+        chunk_labels = None if labels is None else labels[start : start + count]
+        chunks.append(prior.sample(count, chunk_labels, args.temperature, args.top_k, generator))
+    return torch.cat(chunks)
+
+
+@main_entry
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    device = pick_device(args.device)
+    prior = load_prior(args.prior, device)
+    vqvae = load_vqvae(resolve_vqvae(args, prior), device)
+    labels = choose_labels(prior, args.label, args.n, device)
+    codes = draw_samples(prior, labels, args, device)
+    images = torch.cat([vqvae.decode_indices(codes[s : s + 256]) for s in range(0, args.n, 256)])
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    save_array(out_dir / "samples.npy", codes.cpu().numpy().astype(code_dtype(prior.cfg.codebook_size)))
+    if labels is not None:
+        save_array(out_dir / "samples_labels.npy", labels.cpu().numpy().astype(np.int64))
+    save_grid(images, out_dir / "samples.png", nrow=max(1, math.ceil(math.sqrt(args.n))))
+    print(f"{args.n} samples (temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}) on {device} "
+          f"-> {out_dir}/samples.png, {out_dir}/samples.npy")
+
+
+if __name__ == "__main__":
+    main()
