@@ -1,0 +1,92 @@
+# VQ-VAE + PixelCNN pipeline. `make demo` runs it all on built-in data; `make test` runs the tests.
+# Stage targets are file targets chained on the artifacts each stage writes, so `make sample`
+# builds only what is missing. `make help` lists the targets and variables.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+# Stage targets need the virtual environment; tests running inside another one set NEED_VENV= .
+NEED_VENV ?= $(INSTALLED)
+
+DATASET ?= cifar10
+DATA_DIR ?= data
+RUN_DIR ?= runs
+DEVICE ?= auto
+EPOCHS ?=
+PRIOR_EPOCHS ?=
+N_SAMPLES ?= 64
+VQVAE_ARGS ?=
+PRIOR_ARGS ?=
+SAMPLE_ARGS ?=
+PYTEST_ARGS ?=
+
+VQVAE_CKPT := $(RUN_DIR)/vqvae/ckpt.pt
+CODES_META := $(RUN_DIR)/codes/meta.json
+PRIOR_CKPT := $(RUN_DIR)/prior/ckpt.pt
+SAMPLES := $(RUN_DIR)/samples/samples.png
+
+# Encoding follows the dataset the checkpoint was trained on unless DATASET/DATA_DIR are given.
+given = $(filter command line environment,$(origin $(1)))
+ENCODE_DATA := $(if $(call given,DATASET),--dataset $(DATASET)) $(if $(call given,DATA_DIR),--data-dir $(DATA_DIR))
+# A stage whose output exists but is older than its input is out of date: retrain it from scratch.
+fresh_if_stale = $(if $(wildcard $@),--fresh)
+
+# The demo: small built-in shapes data, settings sized for about 4 minutes on 2 CPU cores.
+DEMO_VARS := RUN_DIR=runs/demo DATASET=shapes EPOCHS=8 PRIOR_EPOCHS=12 N_SAMPLES=64 \
+	VQVAE_ARGS="--shapes-train 4000 --shapes-test 500 --codebook-size 128 --batch-size 64 --lr 5e-4" \
+	PRIOR_ARGS="--hidden-channels 64 --batch-size 64 --lr 1e-3"
+
+.PHONY: help install train-vqvae encode-dataset train-prior sample demo test clean distclean
+
+help:
+	@echo "make demo            whole pipeline on built-in shapes data -> runs/demo/samples/samples.png"
+	@echo "make test            run the test suite"
+	@echo "make train-vqvae     stage 1  -> \$$(RUN_DIR)/vqvae/ckpt.pt"
+	@echo "make encode-dataset  codes    -> \$$(RUN_DIR)/codes/{train,test}.npy, meta.json"
+	@echo "make train-prior     stage 2  -> \$$(RUN_DIR)/prior/ckpt.pt"
+	@echo "make sample          samples  -> \$$(RUN_DIR)/samples/samples.png, samples.npy"
+	@echo "make clean           remove runs/ (make distclean: also the virtual environment)"
+	@echo "variables: DATASET=cifar10|folder|shapes DATA_DIR RUN_DIR DEVICE EPOCHS PRIOR_EPOCHS N_SAMPLES"
+	@echo "           VQVAE_ARGS PRIOR_ARGS SAMPLE_ARGS (any other flag; see python -m <module> --help)"
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(VENV)/bin/python -c "import torch, torchvision, numpy, tqdm; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+train-vqvae: $(VQVAE_CKPT)
+$(VQVAE_CKPT): | $(NEED_VENV)
+	$(PY) -m stage1_vqvae.train --dataset $(DATASET) --data-dir $(DATA_DIR) --out-dir $(@D) \
+		--device $(DEVICE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(VQVAE_ARGS)
+
+encode-dataset: $(CODES_META)
+$(CODES_META): $(VQVAE_CKPT) | $(NEED_VENV)
+	$(PY) -m stage1_vqvae.encode --ckpt $< --out-dir $(@D) --device $(DEVICE) $(ENCODE_DATA)
+
+train-prior: $(PRIOR_CKPT)
+$(PRIOR_CKPT): $(CODES_META) | $(NEED_VENV)
+	$(PY) -m stage2_prior.train --codes-dir $(<D) --out-dir $(@D) --device $(DEVICE) \
+		$(if $(PRIOR_EPOCHS),--epochs $(PRIOR_EPOCHS)) $(fresh_if_stale) $(PRIOR_ARGS)
+
+sample: $(SAMPLES)
+$(SAMPLES): $(PRIOR_CKPT) $(VQVAE_CKPT) | $(NEED_VENV)
+	$(PY) -m tools.sample --prior $(PRIOR_CKPT) --vqvae $(VQVAE_CKPT) --out-dir $(@D) \
+		--n $(N_SAMPLES) --device $(DEVICE) $(SAMPLE_ARGS)
+
+demo: | $(NEED_VENV)
+	$(MAKE) --no-print-directory sample $(DEMO_VARS) DEVICE=$(DEVICE)
+	@echo "demo done: open runs/demo/samples/samples.png (reconstructions: runs/demo/vqvae/recon_epoch*.png)"
+
+test: | $(NEED_VENV)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info
