@@ -158,18 +158,27 @@ def _shape_masks(kind: np.ndarray, cx, cy, r) -> np.ndarray:
     return np.choose(kind[:, None, None], masks)
 
 
+PALETTE = np.array([
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+    [70, 240, 240], [240, 50, 230], [250, 190, 212], [0, 128, 128], [170, 110, 40], [255, 255, 255],
+    [128, 0, 0], [0, 0, 128], [128, 128, 128], [20, 20, 20],
+], dtype=np.float32) / 255
+
+
 def make_shapes(count: int, seed: int = 0) -> ImageSet:
-    """`count` 32x32 images of one coloured shape on a plain or gradient background, label = shape class."""
+    """`count` 32x32 images of one coloured shape on a plain or gradient background, label = shape class.
+
+    Colours come from a 16-colour palette, so the data is varied yet learnable in a short demo run.
+    """
     rng = np.random.default_rng(seed)
     kind = rng.integers(len(SHAPE_CLASSES), size=count)
-    r = rng.uniform(5, 11, count).astype(np.float32)
+    r = rng.uniform(6, 12, count).astype(np.float32)
     cx = rng.uniform(r, IMAGE_SIZE - 1 - r).astype(np.float32)
     cy = rng.uniform(r, IMAGE_SIZE - 1 - r).astype(np.float32)
-    fg = rng.uniform(0, 1, (count, 3)).astype(np.float32)
-    bg = rng.uniform(0, 1, (count, 3)).astype(np.float32)
-    too_close = np.abs(fg - bg).sum(1) < 0.6
-    bg[too_close] = 1 - fg[too_close]  # keep every shape visible against its background
-    bg_end = np.clip(bg + rng.uniform(-0.3, 0.3, (count, 3)), 0, 1).astype(np.float32)
+    fg_index = rng.integers(len(PALETTE), size=count)
+    bg_index = (fg_index + rng.integers(1, len(PALETTE), size=count)) % len(PALETTE)  # never the shape's colour
+    fg, bg = PALETTE[fg_index], PALETTE[bg_index]
+    bg_end = np.where(rng.random((count, 1)) < 0.5, bg, bg * 0.5)  # half the backgrounds darken across
     ramp = np.linspace(0, 1, IMAGE_SIZE, dtype=np.float32)
     vertical = rng.random(count) < 0.5
     t = np.where(vertical[:, None, None], ramp[None, :, None], ramp[None, None, :])  # (N, 32, 32)
