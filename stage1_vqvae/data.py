@@ -197,18 +197,31 @@ def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.float().div_(127.5).sub_(1.0)
 
 
+def hflip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Flip left-right the images of (B, C, H, W) where the bool mask `flip` (B,) is set."""
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
 def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip each image of (B, C, H, W) left-right with probability 1/2 (draws from `generator`)."""
     flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
-    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    return hflip_where(x, flip.to(x.device))
 
 
-def train_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, augment: bool = True):
-    """Yield shuffled float batches in [-1, 1] covering every image once, with random flips on the device."""
-    order = torch.randperm(images.shape[0], generator=generator, device=generator.device).to(images.device)
-    for start in range(0, images.shape[0], batch_size):
-        batch = to_model_range(images[order[start : start + batch_size]])
-        yield random_hflip(batch, generator) if augment else batch
+def train_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, augment: bool = True,
+                  start_batch: int = 0):
+    """Yield shuffled float batches in [-1, 1] covering every image once, with random flips on the device.
+
+    The epoch's order and flips are drawn up front, so a resumed epoch can start at `start_batch` and
+    see exactly the batches an uninterrupted one would.
+    """
+    n = images.shape[0]
+    order = torch.randperm(n, generator=generator, device=generator.device).to(images.device)
+    flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(images.device)
+    for start in range(start_batch * batch_size, n, batch_size):
+        picked = order[start : start + batch_size]
+        batch = to_model_range(images[picked])
+        yield hflip_where(batch, flips[picked]) if augment else batch
 
 
 def eval_batches(images: torch.Tensor, batch_size: int, device: torch.device):

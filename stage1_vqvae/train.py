@@ -23,7 +23,8 @@ from tools.cli import build_parser, config_from, given_config_values, main_entry
 from tools.files import append_jsonl, write_json
 from tools.images import save_comparison
 from tools.runtime import autocast, configure_backend, pick_device, progress_disabled, seed_everything
-from tools.training import METRICS, finish, prepare_run, restore, save_state, write_config
+from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
+                            trim_metrics, write_config)
 
 EVAL_BATCH = 512
 PREVIEW_IMAGES = 16
@@ -72,24 +73,23 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
     return metrics
 
 
-def train_epoch(model, optimizer, images, cfg, device, epoch: int, step: int):
-    """One pass over the shuffled training images; returns (mean loss, mean recon loss, steps taken)."""
+def train_epoch(model, optimizer, images, cfg, device, progress, stop) -> dict | None:
+    """Train until the end of the current epoch (or a stop signal: then None); returns mean losses."""
     model.train()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
-    total_loss = total_recon = 0.0
     n_batches = math.ceil(images.shape[0] / cfg.batch_size)
-    bar = tqdm(train_batches(images, cfg.batch_size, generator), total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=progress_disabled())
+    generator = epoch_generator(cfg.seed, progress.epoch, device)
+    batches = train_batches(images, cfg.batch_size, generator, start_batch=progress.batch)
+    bar = tqdm(batches, initial=progress.batch, total=n_batches, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+               unit="batch", leave=False, disable=progress_disabled())
     for x in bar:
         with autocast(device, cfg.precision):
             _, loss, parts = model(x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        total_loss += loss.item()
-        total_recon += parts["recon"].item()
+        optimize(loss, model, optimizer, progress)
+        progress.add(loss=loss.item(), recon=parts["recon"].item())
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    return total_loss / n_batches, total_recon / n_batches, step
+        if stop.requested:
+            return None
+    return progress.epoch_means()
 
 
 def save_preview(model: VQVAE, test_images: torch.Tensor, path: Path, device) -> None:
@@ -139,25 +139,29 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     progress = restore(state, model, optimizer)
     if state is not None:
+        trim_metrics(out_dir / METRICS, progress.epoch)
         print(f"resuming from epoch {progress.epoch}, step {progress.step}")
     write_config(out_dir, cfg)
     print(f"training on {train_images.shape[0]} {cfg.dataset} images, testing on {test_images.shape[0]}, device {device}")
-    metrics = {}
-    for epoch in range(progress.epoch, cfg.epochs):
-        start = time.perf_counter()
-        train_loss, train_recon, progress.step = train_epoch(model, optimizer, train_images, cfg, device, epoch, progress.step)
-        seconds = time.perf_counter() - start
-        metrics = evaluate(model, test_images, device, cfg.precision)
-        is_best = progress.record_epoch(metrics["loss"], model)
-        record = {"epoch": epoch + 1, "step": progress.step, "train_loss": train_loss, "train_recon": train_recon,
-                  **{f"val_{k}": v for k, v in metrics.items()}, "seconds": seconds,
-                  "img_per_s": train_images.shape[0] / seconds}
-        append_jsonl(out_dir / METRICS, record)
-        save_preview(model, test_images, out_dir / f"recon_epoch{epoch + 1:03d}.png", device)
-        save_state(out_dir, STAGE, cfg, model, optimizer, progress)
-        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}  val {format_metrics(metrics)}  "
-              f"({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")
-    path = finish(out_dir, STAGE, cfg, progress, metrics)
+    with StopSignal() as stop:
+        while progress.epoch < cfg.epochs:
+            start, images_left = time.perf_counter(), train_images.shape[0] - progress.batch * cfg.batch_size
+            train = train_epoch(model, optimizer, train_images, cfg, device, progress, stop)
+            if train is None:
+                save_state(out_dir, STAGE, cfg, model, optimizer, progress)
+                stop.exit(progress)
+            seconds = time.perf_counter() - start
+            metrics = evaluate(model, test_images, device, cfg.precision)
+            is_best = progress.record_epoch(metrics["loss"], model, metrics)
+            record = {"epoch": progress.epoch, "step": progress.step, "train_loss": train["loss"],
+                      "train_recon": train["recon"], **{f"val_{k}": v for k, v in metrics.items()},
+                      "seconds": seconds, "img_per_s": images_left / seconds}
+            append_jsonl(out_dir / METRICS, record)
+            save_preview(model, test_images, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
+            save_state(out_dir, STAGE, cfg, model, optimizer, progress)
+            print(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(metrics)}  "
+                  f"({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}", flush=True)
+    path = finish(out_dir, STAGE, cfg, progress)
     print(f"best epoch {progress.best_epoch} (val loss {progress.best_metric:.4f}) -> {path}")
     print(f"logs and pictures in {out_dir}/ (metrics.jsonl, config.json, recon_epoch*.png)")
 

@@ -23,7 +23,8 @@ from stage2_prior.model import GatedPixelCNN
 from tools.cli import UserError, build_parser, given_config_values, main_entry
 from tools.files import append_jsonl
 from tools.runtime import autocast, configure_backend, pick_device, progress_disabled, seed_everything
-from tools.training import METRICS, finish, prepare_run, restore, save_state, write_config
+from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
+                            trim_metrics, write_config)
 
 EVAL_BATCH = 1024
 
@@ -66,25 +67,24 @@ def test_bits_per_code(model: GatedPixelCNN, codes, labels, device, precision: s
     return total / codes.shape[0] / math.log(2)
 
 
-def train_epoch(model, optimizer, codes, labels, cfg: PriorConfig, device, epoch: int, step: int):
-    """One shuffled pass over the train maps; returns (mean train bits per code, steps taken)."""
+def train_epoch(model, optimizer, codes, labels, cfg: PriorConfig, device, progress, stop) -> float | None:
+    """Train until the end of the current epoch (or a stop signal: then None); returns mean train bits/code."""
     model.train()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+    generator = epoch_generator(cfg.seed, progress.epoch, device)
     order = torch.randperm(codes.shape[0], generator=generator, device=device)
     starts = range(0, codes.shape[0], cfg.batch_size)
-    total = 0.0
-    bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=progress_disabled())
+    bar = tqdm(starts[progress.batch :], initial=progress.batch, total=len(starts), unit="batch", leave=False,
+               desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", disable=progress_disabled())
     for start in bar:
         picked = order[start : start + cfg.batch_size]
         with autocast(device, cfg.precision):
             _, loss = model(codes[picked], labels_or_none(model, labels[picked]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        total += loss.item()
+        optimize(loss, model, optimizer, progress)
+        progress.add(bits=loss.item() / math.log(2))
         bar.set_postfix(bits=f"{loss.item() / math.log(2):.3f}")
-    return total / len(starts) / math.log(2), step
+        if stop.requested:
+            return None
+    return progress.epoch_means()["bits"]
 
 
 @main_entry
@@ -109,25 +109,29 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     progress = restore(state, model, optimizer)
     if state is not None:
+        trim_metrics(out_dir / METRICS, progress.epoch)
         print(f"resuming from epoch {progress.epoch}, step {progress.step}")
     write_config(out_dir, cfg)
     kind = "class-conditional " if cfg.class_conditional else ""
     print(f"training a {kind}prior on {train_codes.shape[0]} maps of {cfg.grid_height}x{cfg.grid_width} codes "
           f"(K={cfg.codebook_size}; uniform = {math.log2(cfg.codebook_size):.2f} bits/code), device {device}")
-    test_bits = math.inf
-    for epoch in range(progress.epoch, cfg.epochs):
-        start = time.perf_counter()
-        train_bits, progress.step = train_epoch(model, optimizer, train_codes, train_labels, cfg, device, epoch, progress.step)
-        seconds = time.perf_counter() - start
-        test_bits = test_bits_per_code(model, test_codes, test_labels, device, cfg.precision)
-        is_best = progress.record_epoch(test_bits, model)
-        append_jsonl(out_dir / METRICS, {"epoch": epoch + 1, "step": progress.step, "train_bits_per_code": train_bits,
-                                         "test_bits_per_code": test_bits, "seconds": seconds,
-                                         "maps_per_s": train_codes.shape[0] / seconds})
-        save_state(out_dir, STAGE, cfg, model, optimizer, progress)
-        print(f"epoch {epoch + 1}/{cfg.epochs}: train {train_bits:.3f}  test {test_bits:.3f} bits/code  "
-              f"({train_codes.shape[0] / seconds:.0f} maps/s){'  *best' if is_best else ''}")
-    path = finish(out_dir, STAGE, cfg, progress, {"test_bits_per_code": progress.best_metric})
+    with StopSignal() as stop:
+        while progress.epoch < cfg.epochs:
+            start, maps_left = time.perf_counter(), train_codes.shape[0] - progress.batch * cfg.batch_size
+            train_bits = train_epoch(model, optimizer, train_codes, train_labels, cfg, device, progress, stop)
+            if train_bits is None:
+                save_state(out_dir, STAGE, cfg, model, optimizer, progress)
+                stop.exit(progress)
+            seconds = time.perf_counter() - start
+            test_bits = test_bits_per_code(model, test_codes, test_labels, device, cfg.precision)
+            is_best = progress.record_epoch(test_bits, model, {"test_bits_per_code": test_bits})
+            append_jsonl(out_dir / METRICS, {"epoch": progress.epoch, "step": progress.step,
+                                             "train_bits_per_code": train_bits, "test_bits_per_code": test_bits,
+                                             "seconds": seconds, "maps_per_s": maps_left / seconds})
+            save_state(out_dir, STAGE, cfg, model, optimizer, progress)
+            print(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}  test {test_bits:.3f} bits/code  "
+                  f"({maps_left / seconds:.0f} maps/s){'  *best' if is_best else ''}", flush=True)
+    path = finish(out_dir, STAGE, cfg, progress)
     print(f"best epoch {progress.best_epoch} (test {progress.best_metric:.3f} bits/code) -> {path}")
     print(f"logs in {out_dir}/ (metrics.jsonl, config.json)")
 

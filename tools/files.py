@@ -80,8 +80,11 @@ def save_checkpoint(path, stage: str, config: dict, model_state: dict, **extra) 
     """Save one checkpoint atomically (written beside `path`, then renamed)."""
     payload = {"format_version": FORMAT_VERSION, "stage": stage, "config": config, "model": model_state}
     payload.update(extra)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as err:  # a full disk, a vanished folder: the previous file at `path` is intact
+        raise UserError(f"could not write {path}: {err}") from None
 
 
 def load_checkpoint(path, stage: str, map_location="cpu") -> dict:

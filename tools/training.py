@@ -1,19 +1,25 @@
-"""Bookkeeping both training stages share: resume, best-so-far, logs and the final checkpoint.
+"""Bookkeeping both training stages share: resume, best-so-far, logs, signals and the final checkpoint.
 
 A run folder holds `config.json`, `metrics.jsonl` (one line per epoch), `state.pt` (everything needed
-to resume, rewritten after every epoch) and, once training has finished, `ckpt.pt` (the best epoch's
-weights). `ckpt.pt` appearing means "this stage is done", which is what the Makefile relies on.
+to resume: rewritten after every epoch and when SIGINT/SIGTERM stops the run mid-epoch) and, once
+training has finished, `ckpt.pt` (the best epoch's weights). `ckpt.pt` appearing means "this stage is
+done", which is what the Makefile relies on. A resumed run continues at the exact step it stopped at:
+each epoch's data order comes from a generator seeded by (seed, epoch), and the global RNG, model,
+optimizer and running sums are restored, so on CPU it ends bitwise equal to an uninterrupted run.
 """
 
 import dataclasses
+import json
 import math
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from tools.cli import UserError, config_from
-from tools.files import load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
+from tools.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
 
 CKPT = "ckpt.pt"
 STATE = "state.pt"
@@ -25,16 +31,28 @@ class Progress:
     """What a resumed run continues from."""
 
     epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done in the current epoch
     step: int = 0  # optimizer steps taken
+    sums: dict = field(default_factory=dict)  # running sums of the current epoch's losses
     best_metric: float = math.inf
     best_epoch: int = -1
     best_model: dict = field(default_factory=dict)
+    best_metrics: dict = field(default_factory=dict)
 
-    def record_epoch(self, metric: float, model: torch.nn.Module) -> bool:
-        """Count a finished epoch; keep the weights if `metric` (lower is better) is the best finite one."""
+    def add(self, **values: float) -> None:
+        """Add one batch's losses to the current epoch's running sums."""
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+
+    def epoch_means(self) -> dict:
+        return {name: total / max(self.batch, 1) for name, total in self.sums.items()}
+
+    def record_epoch(self, metric: float, model: torch.nn.Module, metrics: dict) -> bool:
+        """Close a finished epoch; keep the weights if `metric` (lower is better) is the best finite one."""
         self.epoch += 1
+        self.batch, self.sums = 0, {}
         if math.isfinite(metric) and metric < self.best_metric:
-            self.best_metric, self.best_epoch = metric, self.epoch
+            self.best_metric, self.best_epoch, self.best_metrics = metric, self.epoch, dict(metrics)
             self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             return True
         return False
@@ -64,6 +82,68 @@ def prepare_run(config_cls, given: dict, stage: str, fresh: bool):
     saved = state["config"] if state else {}
     config = config_from(config_cls, {**dataclasses.asdict(config_cls()), **saved, **given})
     return config, state
+
+
+def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
+    """The generator that decides one epoch's data order (and augmentation), the same on every run."""
+    return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+
+
+def optimize(loss: torch.Tensor, model: torch.nn.Module, optimizer, progress: Progress) -> None:
+    """Backward and step, or stop with a message (before stepping) on a non-finite loss or gradient."""
+    where = f"epoch {progress.epoch + 1}, step {progress.step + 1}"
+    advice = "state.pt keeps the last good state; try a lower --lr or --precision fp32"
+    if not torch.isfinite(loss):
+        raise UserError(f"the loss became {loss.item()} at {where}; {advice}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    if not torch.isfinite(grad_norm):
+        raise UserError(f"a gradient became {grad_norm.item()} at {where}; {advice}")
+    optimizer.step()
+    progress.step += 1
+    progress.batch += 1
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set `requested`; the training loop saves its state after the current step and exits.
+
+    A second signal stops at once (the state saved after the last epoch stays).
+    """
+
+    def __init__(self):
+        self.requested = None  # the signal number once one arrived
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+        print(f"\n{signal.Signals(signum).name}: saving state after this step...", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def exit(self, progress: Progress) -> None:
+        """Tell the user where the run stopped and exit with the conventional status (128 + signal)."""
+        print(f"stopped at epoch {progress.epoch + 1}, step {progress.step}; state saved: run the same command "
+              "again to resume", file=sys.stderr)
+        sys.exit(128 + self.requested)
+
+
+def trim_metrics(path: Path, epochs: int) -> None:
+    """Drop log lines for epochs after the resume point (written just before a kill), atomically."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs]
+    if len(kept) != len(lines):
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def restore(state, model, optimizer) -> Progress:
@@ -97,13 +177,14 @@ def save_state(out_dir: Path, stage: str, config, model, optimizer, progress: Pr
     )
 
 
-def finish(out_dir: Path, stage: str, config, progress: Progress, metrics: dict) -> Path:
+def finish(out_dir: Path, stage: str, config, progress: Progress) -> Path:
     """Write the final checkpoint (the best epoch's weights) and return its path."""
     if not progress.best_model:
         raise UserError("training produced no finite validation loss; no checkpoint was written")
     path = out_dir / CKPT
     save_checkpoint(
-        path, stage, dataclasses.asdict(config), progress.best_model, epoch=progress.best_epoch, metrics=metrics
+        path, stage, dataclasses.asdict(config), progress.best_model, epoch=progress.best_epoch,
+        metrics=progress.best_metrics,
     )
     return path
 

@@ -1,0 +1,166 @@
+"""Interrupted runs lose nothing: kill, resume, compare with an uninterrupted run; atomic saves; NaN guards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tools.cli import UserError
+from tools.files import TMP_PREFIX, save_checkpoint
+from tools.training import Progress, optimize, prepare_run, trim_metrics
+from stage1_vqvae.config import VQVAEConfig
+
+STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "512", "--shapes-test", "64",
+          "--codebook-size", "32", "--hidden-channels", "16", "--batch-size", "16", "--epochs", "3", "--device", "cpu"]
+STAGE2 = ["-m", "stage2_prior.train", "--hidden-channels", "16", "--layers", "2", "--batch-size", "32",
+          "--epochs", "3", "--device", "cpu"]
+
+
+def write_random_codes(folder, n=3000):
+    """A codes folder as stage1_vqvae.encode writes it, with random 4x4 maps over 16 codes."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in [("train", n), ("test", n // 10)]:
+        np.save(folder / f"{split}.npy", rng.integers(0, 16, (count, 4, 4)).astype(np.uint8))
+        np.save(folder / f"{split}_labels.npy", np.zeros(count, np.int64))
+    meta = {"codebook_size": 16, "grid_shape": [4, 4], "counts": {"train": n, "test": n // 10}, "num_classes": 1,
+            "stage1_sha256": "0" * 64, "stage1_checkpoint": "none.pt"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def command(stage_args, out_dir, codes_dir):
+    extra = ["--codes-dir", str(codes_dir)] if "stage2_prior.train" in stage_args else []
+    return [sys.executable, *stage_args, "--out-dir", str(out_dir), *extra]
+
+
+def run(cmd):
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def start_and_interrupt(cmd, out_dir, sig):
+    """Start a run, wait until its first epoch is saved, then send `sig` a moment later (mid-epoch)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out_dir / "state.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before saving its first epoch"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+def final_weights(out_dir):
+    return torch.load(out_dir / "ckpt.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Each stage trained once without interruption: {stage args: run folder}."""
+    base = tmp_path_factory.mktemp("uninterrupted")
+    write_random_codes(base / "codes")
+    runs = {}
+    for name, args in [("stage1", STAGE1), ("stage2", STAGE2)]:
+        run(command(args, base / name, base / "codes"))
+        runs[name] = base / name
+    return base, runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, uninterrupted, stage, sig):
+    base, reference = uninterrupted
+    args = STAGE1 if stage == "stage1" else STAGE2
+    cmd = command(args, tmp_path / "run", base / "codes")
+    returncode, stderr = start_and_interrupt(cmd, tmp_path / "run", sig)
+    if sig == signal.SIGTERM:
+        assert returncode == 128 + signal.SIGTERM and "state saved" in stderr
+    else:
+        assert returncode == -signal.SIGKILL
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
+
+    resumed = run(cmd)
+    assert "resuming from epoch" in resumed.stdout
+    expected, got = final_weights(reference[stage]), final_weights(tmp_path / "run")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name  # bitwise: CPU kernels are deterministic
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_finished_stage_rerun_is_a_no_op(uninterrupted):
+    base, reference = uninterrupted
+    before = {p.name: p.stat().st_mtime_ns for p in reference["stage1"].iterdir()}
+    result = run(command(STAGE1, reference["stage1"], base / "codes"))
+    assert "already trained" in result.stdout
+    assert before == {p.name: p.stat().st_mtime_ns for p in reference["stage1"].iterdir()}
+
+
+def test_save_interrupted_before_rename_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, "vqvae", {}, {"w": torch.ones(3)})
+    good = path.read_bytes()
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(UserError, match="could not write .*No space left"):
+        save_checkpoint(path, "vqvae", {}, {"w": torch.zeros(3)})
+    assert path.read_bytes() == good
+    assert not list(tmp_path.glob(TMP_PREFIX + "*"))
+
+
+def test_stale_temporaries_are_removed_at_the_next_start(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f"{TMP_PREFIX}state.pt.abc123").write_bytes(b"half a checkpoint")
+    prepare_run(VQVAEConfig, {"out_dir": str(out)}, "vqvae", fresh=False)
+    assert not list(out.glob(TMP_PREFIX + "*"))
+
+
+def test_nan_loss_stops_before_stepping():
+    model = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = model(torch.tensor([[float("nan"), 1.0]])).sum()
+    with pytest.raises(UserError, match="loss became nan"):
+        optimize(loss, model, optimizer, Progress())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_infinite_gradient_stops_before_stepping():
+    model = torch.nn.Linear(2, 1)
+    model.weight.register_hook(lambda grad: grad * float("inf"))
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UserError, match="gradient became"):
+        optimize(model(torch.ones(1, 2)).sum(), model, optimizer, Progress())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_non_finite_epoch_is_never_the_best():
+    progress, model = Progress(), torch.nn.Linear(1, 1)
+    assert progress.record_epoch(2.0, model, {})
+    assert not progress.record_epoch(float("nan"), model, {})
+    assert not progress.record_epoch(float("-inf"), model, {})
+    assert progress.best_metric == 2.0 and progress.best_epoch == 1
+
+
+def test_metrics_log_is_trimmed_to_the_resume_point(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in [1, 2, 3]))
+    trim_metrics(log, 2)
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
