@@ -158,27 +158,28 @@ def _shape_masks(kind: np.ndarray, cx, cy, r) -> np.ndarray:
     return np.choose(kind[:, None, None], masks)
 
 
-PALETTE = np.array([
-    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
-    [70, 240, 240], [240, 50, 230], [250, 190, 212], [0, 128, 128], [170, 110, 40], [255, 255, 255],
-    [128, 0, 0], [0, 0, 128], [128, 128, 128], [20, 20, 20],
+SHAPE_COLOURS = np.array([
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
+], dtype=np.float32) / 255
+BACKGROUND_COLOURS = np.array([
+    [25, 25, 35], [40, 60, 90], [50, 90, 60], [128, 128, 128], [225, 215, 190], [245, 245, 245],
 ], dtype=np.float32) / 255
 
 
 def make_shapes(count: int, seed: int = 0) -> ImageSet:
-    """`count` 32x32 images of one coloured shape on a plain or gradient background, label = shape class.
+    """`count` 32x32 images of one bright shape on a muted plain or gradient background, label = shape class.
 
-    Colours come from a 16-colour palette, so the data is varied yet learnable in a short demo run.
+    Colours come from small palettes, so the data is varied yet learnable in a short demo run.
     """
     rng = np.random.default_rng(seed)
     kind = rng.integers(len(SHAPE_CLASSES), size=count)
-    r = rng.uniform(6, 12, count).astype(np.float32)
+    r = rng.uniform(7, 12, count).astype(np.float32)
     cx = rng.uniform(r, IMAGE_SIZE - 1 - r).astype(np.float32)
     cy = rng.uniform(r, IMAGE_SIZE - 1 - r).astype(np.float32)
-    fg_index = rng.integers(len(PALETTE), size=count)
-    bg_index = (fg_index + rng.integers(1, len(PALETTE), size=count)) % len(PALETTE)  # never the shape's colour
-    fg, bg = PALETTE[fg_index], PALETTE[bg_index]
-    bg_end = np.where(rng.random((count, 1)) < 0.5, bg, bg * 0.5)  # half the backgrounds darken across
+    fg = SHAPE_COLOURS[rng.integers(len(SHAPE_COLOURS), size=count)]
+    bg = BACKGROUND_COLOURS[rng.integers(len(BACKGROUND_COLOURS), size=count)]
+    bg_end = np.where(rng.random((count, 1)) < 0.5, bg, 0.6 * bg + 0.4 * (1 - bg))  # half shade across
     ramp = np.linspace(0, 1, IMAGE_SIZE, dtype=np.float32)
     vertical = rng.random(count) < 0.5
     t = np.where(vertical[:, None, None], ramp[None, :, None], ramp[None, None, :])  # (N, 32, 32)
