@@ -102,9 +102,17 @@ class GatedPixelCNN(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
                generator: torch.Generator | None = None, naive: bool = False) -> torch.Tensor:
-        """Draw `n` code maps (n, H, W) in raster order, one full forward pass per position."""
+        """Draw `n` code maps (n, H, W) in raster order.
+
+        By default only what a new code can change is recomputed (`stage2_prior.sampling`); `naive=True`
+        runs one full forward pass per position instead (the reference the fast path is tested against).
+        """
         device = self.embedding.weight.device
         labels = self._check_labels(labels, n, device)
+        if not naive:
+            from stage2_prior.sampling import sample_cached
+
+            return sample_cached(self, n, labels, temperature, top_k, generator)
         codes = torch.zeros(n, self.cfg.grid_height, self.cfg.grid_width, dtype=torch.long, device=device)
         for i in range(self.cfg.grid_height):
             for j in range(self.cfg.grid_width):

