@@ -21,6 +21,7 @@ VQVAE_ARGS ?=
 PRIOR_ARGS ?=
 SAMPLE_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 VQVAE_CKPT := $(RUN_DIR)/vqvae/ckpt.pt
 CODES_META := $(RUN_DIR)/codes/meta.json
@@ -38,7 +39,7 @@ DEMO_VARS := RUN_DIR=runs/demo DATASET=shapes EPOCHS=8 PRIOR_EPOCHS=12 N_SAMPLES
 	VQVAE_ARGS="--shapes-train 4000 --shapes-test 500 --codebook-size 128 --batch-size 64 --lr 5e-4" \
 	PRIOR_ARGS="--hidden-channels 64 --batch-size 64 --lr 1e-3"
 
-.PHONY: help install train-vqvae encode-dataset train-prior sample demo test clean distclean
+.PHONY: help install train-vqvae encode-dataset train-prior sample demo test bench clean distclean
 
 help:
 	@echo "make demo            whole pipeline on built-in shapes data -> runs/demo/samples/samples.png"
@@ -47,6 +48,7 @@ help:
 	@echo "make encode-dataset  codes    -> \$$(RUN_DIR)/codes/{train,test}.npy, meta.json"
 	@echo "make train-prior     stage 2  -> \$$(RUN_DIR)/prior/ckpt.pt"
 	@echo "make sample          samples  -> \$$(RUN_DIR)/samples/samples.png, samples.npy"
+	@echo "make bench           speed of every stage on this device -> bench.json"
 	@echo "make clean           remove runs/ (make distclean: also the virtual environment)"
 	@echo "variables: DATASET=cifar10|folder|shapes DATA_DIR RUN_DIR DEVICE EPOCHS PRIOR_EPOCHS N_SAMPLES"
 	@echo "           VQVAE_ARGS PRIOR_ARGS SAMPLE_ARGS (any other flag; see python -m <module> --help)"
@@ -84,6 +86,9 @@ demo: | $(NEED_VENV)
 
 test: | $(NEED_VENV)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: | $(NEED_VENV)
+	$(PY) -m tools.bench --device $(DEVICE) $(BENCH_ARGS)
 
 clean:
 	rm -rf runs

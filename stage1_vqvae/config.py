@@ -34,4 +34,5 @@ class VQVAEConfig:
     lr: float = opt(2e-4, "Adam learning rate")
     seed: int = opt(0, "seed for initialisation, shuffling and augmentation")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
     precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32", choices=["auto", "fp32", "bf16"])

@@ -22,7 +22,7 @@ from stage1_vqvae.model import VQVAE
 from tools.cli import build_parser, config_from, given_config_values, main_entry
 from tools.files import append_jsonl, write_json
 from tools.images import save_comparison
-from tools.runtime import autocast, configure_backend, pick_device, progress_disabled, seed_everything
+from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
 from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             trim_metrics, write_config)
 
@@ -136,12 +136,14 @@ def main(argv=None):
     seed_everything(cfg.seed)
     train_images, test_images = load_data(cfg, device)
     model = VQVAE(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     progress = restore(state, model, optimizer)
     if state is not None:
         trim_metrics(out_dir / METRICS, progress.epoch)
         print(f"resuming from epoch {progress.epoch}, step {progress.step}")
     write_config(out_dir, cfg)
+    if maybe_compile([model.encoder, model.decoder], cfg.compile, device):  # the quantizer stays eager (data-dependent)
+        print("compiling the encoder and decoder (the first steps are slower)")
     print(f"training on {train_images.shape[0]} {cfg.dataset} images, testing on {test_images.shape[0]}, device {device}")
     with StopSignal() as stop:
         while progress.epoch < cfg.epochs:

@@ -31,6 +31,7 @@ class PriorConfig:
     lr: float = opt(3e-4, "Adam learning rate")
     seed: int = opt(0, "seed for initialisation and shuffling")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
     precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32", choices=["auto", "fp32", "bf16"])
     # from meta.json
     codebook_size: int = derived(512)

@@ -22,7 +22,7 @@ from stage2_prior.data import load_codes, read_meta
 from stage2_prior.model import GatedPixelCNN
 from tools.cli import UserError, build_parser, given_config_values, main_entry
 from tools.files import append_jsonl
-from tools.runtime import autocast, configure_backend, pick_device, progress_disabled, seed_everything
+from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
 from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             trim_metrics, write_config)
 
@@ -106,12 +106,14 @@ def main(argv=None):
     train_codes, train_labels = (t.to(device) for t in load_codes(cfg.codes_dir, "train", meta))
     test_codes, test_labels = (t.to(device) for t in load_codes(cfg.codes_dir, "test", meta))
     model = GatedPixelCNN(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     progress = restore(state, model, optimizer)
     if state is not None:
         trim_metrics(out_dir / METRICS, progress.epoch)
         print(f"resuming from epoch {progress.epoch}, step {progress.step}")
     write_config(out_dir, cfg)
+    if maybe_compile([model], cfg.compile, device):
+        print("compiling the model (the first steps are slower)")
     kind = "class-conditional " if cfg.class_conditional else ""
     print(f"training a {kind}prior on {train_codes.shape[0]} maps of {cfg.grid_height}x{cfg.grid_width} codes "
           f"(K={cfg.codebook_size}; uniform = {math.log2(cfg.codebook_size):.2f} bits/code), device {device}")

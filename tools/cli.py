@@ -38,7 +38,8 @@ def build_parser(config_cls, description: str) -> argparse.ArgumentParser:
     for field in cli_fields(config_cls):
         flag = "--" + field.name.replace("_", "-")
         kind = _flag_type(hints[field.name])
-        help_text = f"{field.metadata.get('help', '')} (default: {field.default})"
+        shown = "auto" if field.default is None else field.default
+        help_text = f"{field.metadata.get('help', '')} (default: {shown})"
         kwargs = dict(default=argparse.SUPPRESS, help=help_text, dest=field.name)
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

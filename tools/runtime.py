@@ -63,3 +63,19 @@ def progress_disabled() -> bool:
     import sys
 
     return not sys.stderr.isatty()
+
+
+def maybe_compile(modules, setting: bool | None, device: torch.device) -> bool:
+    """torch.compile `modules` in place (state_dict keys unchanged) when `setting` is on, or None on CUDA.
+
+    Compilation errors fall back to eager execution instead of stopping the run.
+    """
+    enabled = device.type == "cuda" if setting is None else setting
+    if not enabled:
+        return False
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    for module in modules:
+        module.compile()
+    return True

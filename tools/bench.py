@@ -1,0 +1,228 @@
+"""Benchmark the pipeline's hot paths on the current device and compare with a plain baseline.
+
+    python -m tools.bench [--device auto] [--repeats 5] [--out bench.json]     (or: make bench)
+
+Measures, each as the median over repeats after warm-up: stage-1 training img/s (resident uint8 data,
+flips and scaling on the device, the stage's precision), the same model fed by a torchvision
+DataLoader with per-image transforms in fp32 (the plain baseline) and the speed-up between them,
+encoding img/s, prior training maps/s, and sampling grids/s at batch 64, naive and cached.
+Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RSS on CPU.
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import statistics
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from torchvision.transforms.functional import to_pil_image
+
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.data import make_shapes, to_model_range, train_batches
+from stage1_vqvae.model import VQVAE
+from stage2_prior.config import PriorConfig
+from stage2_prior.model import GatedPixelCNN
+from tools.cli import main_entry
+from tools.files import write_json
+from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, resolve_precision
+from tools.training import Progress, optimize
+
+BATCH = 128
+SAMPLE_BATCH = 64
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per benchmark (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=4096, help="images in the synthetic dataset (default: %(default)s)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the training steps (default: on with CUDA)")
+    parser.add_argument("--out", default="bench.json", help="where the results go (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_rate(work, items: int, repeats: int, device, warmup: int = 1) -> float:
+    """Median of items/second over `repeats` timed calls of `work()`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        work()
+    rates = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        work()
+        synchronize(device)
+        rates.append(items / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory since the last reset: CUDA allocator peak, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def stage1_steps(model, optimizer, batches, device, precision, steps: int):
+    """A function that trains `steps` steps on batches drawn from the endless iterator `batches`."""
+    progress = Progress()
+
+    def work():
+        for _ in range(steps):
+            x = next(batches)
+            with autocast(device, precision):
+                _, loss, _ = model(x)
+            optimize(loss, model, optimizer, progress)
+
+    return work
+
+
+def endless(make_iterator):
+    while True:
+        yield from make_iterator()
+
+
+def bench_stage1_resident(images_u8, device, args, compile_setting) -> float:
+    cfg = VQVAEConfig()
+    model = VQVAE(cfg).to(device).train()
+    maybe_compile([model.encoder, model.decoder], compile_setting, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    resident = images_u8.to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batches = endless(lambda: train_batches(resident, BATCH, generator))
+    steps = max(1, images_u8.shape[0] // BATCH // 4)
+    work = stage1_steps(model, optimizer, batches, device, cfg.precision, steps)
+    return median_rate(work, steps * BATCH, args.repeats, device, warmup=3 if compile_setting else 1)
+
+
+class PILImages(Dataset):
+    """The textbook dataset: PIL images transformed one at a time."""
+
+    def __init__(self, images_u8):
+        self.images = [to_pil_image(img) for img in images_u8]
+        self.transform = transforms.Compose([
+            transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)
+        ])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), 0
+
+
+def bench_stage1_baseline(images_u8, device, args) -> float:
+    """Same model and optimizer steps, fed by a DataLoader with per-image transforms, in fp32."""
+    cfg = VQVAEConfig()
+    model = VQVAE(cfg).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loader = DataLoader(PILImages(images_u8), batch_size=BATCH, shuffle=True, num_workers=0,
+                        pin_memory=device.type == "cuda", drop_last=True)
+    batches = endless(lambda: (x.to(device, non_blocking=True) for x, _ in loader))
+    steps = max(1, images_u8.shape[0] // BATCH // 4)
+    work = stage1_steps(model, optimizer, batches, device, "fp32", steps)
+    return median_rate(work, steps * BATCH, args.repeats, device)
+
+
+@torch.no_grad()
+def bench_encode(images_u8, device, args) -> float:
+    model = VQVAE(VQVAEConfig()).to(device).eval()
+    resident = images_u8.to(device)
+
+    def work():
+        for start in range(0, resident.shape[0], 1024):
+            with autocast(device, model.cfg.precision):
+                model.encode(to_model_range(resident[start : start + 1024]))
+
+    return median_rate(work, resident.shape[0], args.repeats, device)
+
+
+def bench_prior_training(device, args, compile_setting) -> float:
+    cfg = PriorConfig()
+    model = GatedPixelCNN(cfg).to(device).train()
+    maybe_compile([model], compile_setting, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    codes = torch.randint(0, cfg.codebook_size, (BATCH * 8, cfg.grid_height, cfg.grid_width), device=device)
+    progress = Progress()
+
+    def work():
+        for start in range(0, codes.shape[0], BATCH):
+            with autocast(device, cfg.precision):
+                _, loss = model(codes[start : start + BATCH])
+            optimize(loss, model, optimizer, progress)
+
+    return median_rate(work, codes.shape[0], args.repeats, device, warmup=3 if compile_setting else 1)
+
+
+def bench_sampling(device, args, naive: bool) -> float:
+    model = GatedPixelCNN(PriorConfig()).to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    repeats = args.repeats if not naive or device.type == "cuda" else max(1, min(args.repeats, 3))
+    return median_rate(lambda: model.sample(SAMPLE_BATCH, generator=generator, naive=naive), SAMPLE_BATCH,
+                       repeats, device)
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_benchmarks(device, args) -> dict:
+    compile_setting = args.compile if args.compile is not None else device.type == "cuda"
+    images = make_shapes(args.images, seed=0).images
+    plan = [
+        ("stage1_train_img_per_s", lambda: bench_stage1_resident(images, device, args, compile_setting)),
+        ("baseline_train_img_per_s", lambda: bench_stage1_baseline(images, device, args)),
+        ("encode_img_per_s", lambda: bench_encode(images, device, args)),
+        ("prior_train_maps_per_s", lambda: bench_prior_training(device, args, compile_setting)),
+        ("sample_cached_grids_per_s", lambda: bench_sampling(device, args, naive=False)),
+        ("sample_naive_grids_per_s", lambda: bench_sampling(device, args, naive=True)),
+    ]
+    results, memory = {}, {}
+    for name, bench in plan:
+        reset_peak(device)
+        results[name] = bench()
+        memory[name] = peak_memory_mb(device)
+        print(f"  {name:28s} {results[name]:12.1f}   (peak memory {memory[name]:.0f} MiB)", flush=True)
+    results["train_speedup_vs_baseline"] = results["stage1_train_img_per_s"] / results["baseline_train_img_per_s"]
+    results["sampling_speedup_cached_vs_naive"] = results["sample_cached_grids_per_s"] / results["sample_naive_grids_per_s"]
+    results["peak_memory_mib"] = memory
+    return results
+
+
+@main_entry
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    configure_backend(device)
+    torch.manual_seed(0)
+    precision = resolve_precision(device, "auto")
+    print(f"benchmarking on {device_name(device)}, torch {torch.__version__}, precision {precision}, "
+          f"median of {args.repeats} repeats")
+    results = run_benchmarks(device, args)
+    report = {"date": datetime.date.today().isoformat(), "device": device_name(device), "torch": torch.__version__,
+              "precision": precision, "repeats": args.repeats, "command": "python -m tools.bench", **results}
+    write_json(args.out, report)
+    print(f"stage-1 training: {results['train_speedup_vs_baseline']:.2f}x the DataLoader/fp32 baseline; "
+          f"cached sampling: {results['sampling_speedup_cached_vs_naive']:.1f}x naive (batch {SAMPLE_BATCH})")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
