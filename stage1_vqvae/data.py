@@ -7,10 +7,14 @@ device, a whole batch at a time (no per-image Python work, no worker processes).
 - `cifar10`: torchvision's CIFAR-10, downloaded into DATA_DIR when missing.
 - `folder`: `<class>/<image>` folders; DATA_DIR/train and DATA_DIR/test when both exist, otherwise a
   deterministic 10% of each class is held out. Images are resized and center-cropped to 32x32;
-  files that cannot be decoded are skipped with a warning that names them.
+  files that cannot be decoded are skipped with a warning that names them. The decoded tensors are
+  cached in DATA_DIR/.cache (or ~/.cache/vqvae-pixelcnn when DATA_DIR is read-only) and reused
+  while the files' names, sizes and modification times are unchanged.
 - `shapes`: procedural coloured shapes, generated from a seed (works offline, used by the demo).
 """
 
+import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from tools.cli import UserError
+from tools.files import atomic_path
 
 IMAGE_SIZE = 32
 SHAPE_CLASSES = ["circle", "square", "triangle", "ring", "cross", "diamond"]
@@ -74,7 +79,7 @@ def _list_class_files(root: Path) -> dict:
     """{class name: sorted image paths} for a `<class>/<image>` folder."""
     if not root.is_dir():
         raise UserError(f"image folder '{root}' does not exist")
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
     files = {name: paths for name, paths in files.items() if paths}
     if not files:
@@ -94,24 +99,66 @@ def _decode_image(path: Path) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_files(paths: list, labels: list, class_names: list) -> ImageSet:
-    """Decode image files into an ImageSet, skipping (and naming) the ones that cannot be read."""
+def _decode_files(paths: list, labels: list, class_names: list) -> tuple:
+    """Decode image files into an ImageSet; also returns the paths that could not be decoded."""
     from tqdm import tqdm
 
+    from tools.runtime import progress_disabled
+
     arrays, kept_labels, failed = [], [], []
-    for path, label in zip(tqdm(paths, desc="decoding images", unit="img", leave=False, disable=len(paths) < 2000), labels):
+    bar = tqdm(paths, desc="decoding images", unit="img", leave=False, disable=progress_disabled())
+    for path, label in zip(bar, labels):
         try:
             arrays.append(_decode_image(path))
             kept_labels.append(label)
         except Exception:  # PIL raises several types for broken files
             failed.append(str(path))
+    if not arrays:
+        raise UserError(f"none of the {len(paths)} images could be decoded (first: {paths[0]})")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images, torch.tensor(kept_labels, dtype=torch.int64), class_names), failed
+
+
+def _warn_undecodable(failed: list) -> None:
     if failed:
         shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         print(f"warning: skipped {len(failed)} image(s) that could not be decoded: {shown}", file=sys.stderr)
-    if not arrays:
-        raise UserError("none of the images could be decoded")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(images, torch.tensor(kept_labels, dtype=torch.int64), class_names)
+
+
+def _cache_files(root: Path, split: str, paths: list, class_names: list) -> list:
+    """Candidate cache files (beside the data, then in the user's cache) keyed by the files' identity."""
+    digest = hashlib.sha256(f"{IMAGE_SIZE}|{class_names}".encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    name = f"folder-{split}-{digest.hexdigest()[:20]}.pt"
+    home = Path.home() / ".cache" / "vqvae-pixelcnn" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return [root / ".cache" / name, home / name]
+
+
+def _decode_cached(root: Path, split: str, paths: list, labels: list, class_names: list) -> ImageSet:
+    """Decoded images from the cache when the files are unchanged; decode and cache them otherwise."""
+    candidates = _cache_files(root, split, paths, class_names)
+    for cache in candidates:
+        if cache.is_file():
+            try:
+                saved = torch.load(cache, weights_only=True)
+                _warn_undecodable(saved["failed"])
+                return ImageSet(saved["images"], saved["labels"], class_names)
+            except Exception:  # an unreadable cache is only a missed shortcut: decode again
+                pass
+    data, failed = _decode_files(paths, labels, class_names)
+    _warn_undecodable(failed)
+    for cache in candidates:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            if os.access(cache.parent, os.W_OK):
+                with atomic_path(cache) as tmp:
+                    torch.save({"images": data.images, "labels": data.labels, "failed": failed}, tmp)
+                break
+        except OSError:
+            continue
+    return data
 
 
 def _load_folder(root: Path, split: str) -> ImageSet:
@@ -134,7 +181,7 @@ def _load_folder(root: Path, split: str) -> ImageSet:
         labels += [class_names.index(name)] * len(class_paths)
     if not paths:
         raise UserError(f"no {split} images in '{root}' (a folder needs at least 10 images per class to hold out a test split)")
-    return _decode_files(paths, labels, class_names)
+    return _decode_cached(root, split, paths, labels, class_names)
 
 
 # ---------------------------------------------------------------- procedural shapes

@@ -106,3 +106,22 @@ def test_random_hflip_matches_torchvision_hflip():
 def test_model_range_scaling():
     u8 = torch.tensor([0, 255, 128], dtype=torch.uint8)
     np.testing.assert_allclose(data.to_model_range(u8).numpy(), [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
+
+
+def test_folder_decoding_is_cached_until_a_file_changes(tmp_path, monkeypatch):
+    for i in range(10):
+        write_image(tmp_path / "a" / f"{i}.png", (32, 32), (i, 0, 0))
+    first = load_split("folder", tmp_path, "train")
+    assert list((tmp_path / ".cache").glob("folder-train-*.pt"))
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again although the files did not change")
+
+    monkeypatch.setattr(data, "_decode_files", no_decoding)
+    cached = load_split("folder", tmp_path, "train")
+    assert torch.equal(cached.images, first.images) and torch.equal(cached.labels, first.labels)
+
+    monkeypatch.undo()
+    write_image(tmp_path / "a" / "0.png", (32, 32), (200, 200, 200))
+    changed = load_split("folder", tmp_path, "train")
+    assert changed.images[0, 0, 0, 0] == 200
