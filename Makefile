@@ -21,6 +21,9 @@ VQVAE_ARGS ?=
 PRIOR_ARGS ?=
 SAMPLE_ARGS ?=
 PYTEST_ARGS ?=
+# NPROC=N trains on N processes (GPUs) with torchrun; empty: one process.
+NPROC ?=
+LAUNCH = $(if $(NPROC),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC),$(PY))
 BENCH_ARGS ?=
 
 VQVAE_CKPT := $(RUN_DIR)/vqvae/ckpt.pt
@@ -50,7 +53,7 @@ help:
 	@echo "make sample          samples  -> \$$(RUN_DIR)/samples/samples.png, samples.npy"
 	@echo "make bench           speed of every stage on this device -> bench.json"
 	@echo "make clean           remove runs/ (make distclean: also the virtual environment)"
-	@echo "variables: DATASET=cifar10|folder|shapes DATA_DIR RUN_DIR DEVICE EPOCHS PRIOR_EPOCHS N_SAMPLES"
+	@echo "variables: DATASET=cifar10|folder|shapes DATA_DIR RUN_DIR DEVICE EPOCHS PRIOR_EPOCHS N_SAMPLES NPROC"
 	@echo "           VQVAE_ARGS PRIOR_ARGS SAMPLE_ARGS (any other flag; see python -m <module> --help)"
 
 install: $(INSTALLED)
@@ -63,7 +66,7 @@ $(INSTALLED): pyproject.toml
 
 train-vqvae: $(VQVAE_CKPT)
 $(VQVAE_CKPT): | $(NEED_VENV)
-	$(PY) -m stage1_vqvae.train --dataset $(DATASET) --data-dir $(DATA_DIR) --out-dir $(@D) \
+	$(LAUNCH) -m stage1_vqvae.train --dataset $(DATASET) --data-dir $(DATA_DIR) --out-dir $(@D) \
 		--device $(DEVICE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(VQVAE_ARGS)
 
 encode-dataset: $(CODES_META)
@@ -72,7 +75,7 @@ $(CODES_META): $(VQVAE_CKPT) | $(NEED_VENV)
 
 train-prior: $(PRIOR_CKPT)
 $(PRIOR_CKPT): $(CODES_META) | $(NEED_VENV)
-	$(PY) -m stage2_prior.train --codes-dir $(<D) --out-dir $(@D) --device $(DEVICE) \
+	$(LAUNCH) -m stage2_prior.train --codes-dir $(<D) --out-dir $(@D) --device $(DEVICE) \
 		$(if $(PRIOR_EPOCHS),--epochs $(PRIOR_EPOCHS)) $(fresh_if_stale) $(PRIOR_ARGS)
 
 sample: $(SAMPLES)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from tools.cli import UserError
+from tools.distributed import my_batches
 from tools.files import atomic_path
 
 IMAGE_SIZE = 32
@@ -261,13 +262,14 @@ def train_batches(images: torch.Tensor, batch_size: int, generator: torch.Genera
     """Yield shuffled float batches in [-1, 1] covering every image once, with random flips on the device.
 
     The epoch's order and flips are drawn up front, so a resumed epoch can start at `start_batch` and
-    see exactly the batches an uninterrupted one would.
+    see exactly the batches an uninterrupted one would. Under torchrun each rank yields its own slice
+    of every global batch (`batch_size` images per rank).
     """
     n = images.shape[0]
     order = torch.randperm(n, generator=generator, device=generator.device).to(images.device)
     flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(images.device)
-    for start in range(start_batch * batch_size, n, batch_size):
-        picked = order[start : start + batch_size]
+    for start, stop in my_batches(n, batch_size, start_batch):
+        picked = order[start:stop]
         batch = to_model_range(images[picked])
         yield hflip_where(batch, flips[picked]) if augment else batch
 

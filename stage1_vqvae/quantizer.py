@@ -6,11 +6,16 @@ Two ways to learn the codebook (SPEC.md):
   (training mode only); only the commitment term is a loss.
 Both initialise the codebook from the first training batch and re-seed codes that stop being used,
 so the codebook does not collapse to a few codes. Distances and EMA statistics are always fp32.
+Under data-parallel training, counts and sums are summed over ranks and replacement codes are drawn
+from the encoder outputs of all ranks with the same random draw, so every rank keeps the same codebook
+(the same one a single process would keep for the whole global batch).
 """
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from tools.distributed import all_gather_rows, all_reduce_sum_
 
 
 class _QuantizerBase(nn.Module):
@@ -45,7 +50,8 @@ class _QuantizerBase(nn.Module):
         return F.embedding(indices, self.codebook)
 
     def _random_rows(self, flat: torch.Tensor, count: int) -> torch.Tensor:
-        """`count` rows drawn from `flat` (without replacement when there are enough)."""
+        """`count` rows drawn from the encoder outputs of all ranks (without replacement when there are enough)."""
+        flat = all_gather_rows(flat)
         if flat.shape[0] >= count:
             picks = torch.randperm(flat.shape[0], device=flat.device)[:count]
         else:
@@ -91,7 +97,7 @@ class _QuantizerBase(nn.Module):
                 self._init_from_data(flat.detach())
             indices = self.nearest_codes(flat.detach())  # (N,)
             if self.training:
-                counts = torch.bincount(indices, minlength=self.codebook_size).float()
+                counts = all_reduce_sum_(torch.bincount(indices, minlength=self.codebook_size).float())
                 self._codebook_update(flat.detach(), indices, counts)
                 self._track_usage_and_reseed(flat.detach(), counts)
             quantized = self.embed_code(indices).view(b, h, w, d)
@@ -151,7 +157,7 @@ class EMAVectorQuantizer(_QuantizerBase):
 
     @torch.no_grad()
     def _codebook_update(self, flat, indices, counts):
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat)  # (K, D)
+        sums = all_reduce_sum_(torch.zeros_like(self.embed_sum).index_add_(0, indices, flat))  # (K, D)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()

@@ -23,8 +23,9 @@ from tools.cli import build_parser, config_from, given_config_values, main_entry
 from tools.files import append_jsonl, write_json
 from tools.images import save_comparison
 from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
+from tools import distributed
 from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
-                            trim_metrics, write_config)
+                            say, trim_metrics, write_config)
 
 EVAL_BATCH = 512
 PREVIEW_IMAGES = 16
@@ -76,18 +77,18 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
 def train_epoch(model, optimizer, images, cfg, device, progress, stop) -> dict | None:
     """Train until the end of the current epoch (or a stop signal: then None); returns mean losses."""
     model.train()
-    n_batches = math.ceil(images.shape[0] / cfg.batch_size)
+    n_batches = distributed.batch_count(images.shape[0], cfg.batch_size)
     generator = epoch_generator(cfg.seed, progress.epoch, device)
     batches = train_batches(images, cfg.batch_size, generator, start_batch=progress.batch)
     bar = tqdm(batches, initial=progress.batch, total=n_batches, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
-               unit="batch", leave=False, disable=progress_disabled())
+               unit="batch", leave=False, disable=progress_disabled() or not distributed.is_main())
     for x in bar:
         with autocast(device, cfg.precision):
             _, loss, parts = model(x)
         optimize(loss, model, optimizer, progress)
         progress.add(loss=loss.item(), recon=parts["recon"].item())
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if stop.requested:
+        if stop.should_stop(device):
             return None
     return progress.epoch_means()
 
@@ -126,9 +127,18 @@ def main(argv=None):
     given = given_config_values(VQVAEConfig, args)
     if args.eval_only:
         return run_eval_only(args, given)
-    cfg, state = prepare_run(VQVAEConfig, given, STAGE, args.fresh)
+    given["device"] = distributed.setup(given.get("device", VQVAEConfig().device))
+    try:
+        train(given, args.fresh)
+    finally:
+        distributed.teardown()
+
+
+def train(given: dict, fresh: bool) -> None:
+    """Train (or resume) in the run folder named by the config; rank 0 writes every file."""
+    cfg, state = prepare_run(VQVAEConfig, given, STAGE, fresh)
     if cfg is None:
-        print(f"{given.get('out_dir', VQVAEConfig().out_dir)}/ckpt.pt exists: already trained (use --fresh to train again)")
+        say(f"{given.get('out_dir', VQVAEConfig().out_dir)}/ckpt.pt exists: already trained (use --fresh to train again)")
         return
     out_dir = Path(cfg.out_dir)
     device = pick_device(cfg.device)
@@ -140,15 +150,18 @@ def main(argv=None):
     progress = restore(state, model, optimizer)
     if state is not None:
         trim_metrics(out_dir / METRICS, progress.epoch)
-        print(f"resuming from epoch {progress.epoch}, step {progress.step}")
+        say(f"resuming from epoch {progress.epoch}, step {progress.step}")
     write_config(out_dir, cfg)
     if maybe_compile([model.encoder, model.decoder], cfg.compile, device):  # the quantizer stays eager (data-dependent)
-        print("compiling the encoder and decoder (the first steps are slower)")
-    print(f"training on {train_images.shape[0]} {cfg.dataset} images, testing on {test_images.shape[0]}, device {device}")
+        say("compiling the encoder and decoder (the first steps are slower)")
+    parallel = distributed.wrap(model, device)
+    world = distributed.world_size()
+    say(f"training on {train_images.shape[0]} {cfg.dataset} images, testing on {test_images.shape[0]}, device {device}"
+        + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
     with StopSignal() as stop:
         while progress.epoch < cfg.epochs:
-            start, images_left = time.perf_counter(), train_images.shape[0] - progress.batch * cfg.batch_size
-            train = train_epoch(model, optimizer, train_images, cfg, device, progress, stop)
+            start, images_left = time.perf_counter(), train_images.shape[0] - progress.batch * cfg.batch_size * world
+            train = train_epoch(parallel, optimizer, train_images, cfg, device, progress, stop)
             if train is None:
                 save_state(out_dir, STAGE, cfg, model, optimizer, progress)
                 stop.exit(progress)
@@ -157,15 +170,16 @@ def main(argv=None):
             is_best = progress.record_epoch(metrics["loss"], model, metrics)
             record = {"epoch": progress.epoch, "step": progress.step, "train_loss": train["loss"],
                       "train_recon": train["recon"], **{f"val_{k}": v for k, v in metrics.items()},
-                      "seconds": seconds, "img_per_s": images_left / seconds}
-            append_jsonl(out_dir / METRICS, record)
-            save_preview(model, test_images, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
+                      "seconds": seconds, "img_per_s": images_left / seconds, "processes": world}
+            if distributed.is_main():
+                append_jsonl(out_dir / METRICS, record)
+                save_preview(model, test_images, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
             save_state(out_dir, STAGE, cfg, model, optimizer, progress)
-            print(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(metrics)}  "
-                  f"({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}", flush=True)
+            say(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(metrics)}  "
+                f"({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")
     path = finish(out_dir, STAGE, cfg, progress)
-    print(f"best epoch {progress.best_epoch} (val loss {progress.best_metric:.4f}) -> {path}")
-    print(f"logs and pictures in {out_dir}/ (metrics.jsonl, config.json, recon_epoch*.png)")
+    say(f"best epoch {progress.best_epoch} (val loss {progress.best_metric:.4f}) -> {path}")
+    say(f"logs and pictures in {out_dir}/ (metrics.jsonl, config.json, recon_epoch*.png)")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from stage2_prior.model import GatedPixelCNN
 from tools.cli import UserError, build_parser, given_config_values, main_entry
 from tools.files import append_jsonl
 from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
+from tools import distributed
 from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
-                            trim_metrics, write_config)
+                            say, trim_metrics, write_config)
 
 EVAL_BATCH = 1024
 
@@ -50,8 +51,9 @@ def with_meta(cfg: PriorConfig, meta: dict) -> PriorConfig:
     )
 
 
-def labels_or_none(model: GatedPixelCNN, labels: torch.Tensor):
-    return labels if model.cfg.class_conditional else None
+def labels_or_none(model, labels: torch.Tensor):
+    """The batch's labels for a class-conditional prior, None otherwise (`model` may be DDP-wrapped)."""
+    return labels if distributed.unwrap(model).cfg.class_conditional else None
 
 
 @torch.no_grad()
@@ -72,17 +74,18 @@ def train_epoch(model, optimizer, codes, labels, cfg: PriorConfig, device, progr
     model.train()
     generator = epoch_generator(cfg.seed, progress.epoch, device)
     order = torch.randperm(codes.shape[0], generator=generator, device=device)
-    starts = range(0, codes.shape[0], cfg.batch_size)
-    bar = tqdm(starts[progress.batch :], initial=progress.batch, total=len(starts), unit="batch", leave=False,
-               desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", disable=progress_disabled())
-    for start in bar:
-        picked = order[start : start + cfg.batch_size]
+    shares = distributed.my_batches(codes.shape[0], cfg.batch_size, progress.batch)
+    bar = tqdm(shares, initial=progress.batch, total=distributed.batch_count(codes.shape[0], cfg.batch_size),
+               unit="batch", leave=False, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+               disable=progress_disabled() or not distributed.is_main())
+    for start, stop_at in bar:
+        picked = order[start:stop_at]
         with autocast(device, cfg.precision):
             _, loss = model(codes[picked], labels_or_none(model, labels[picked]))
         optimize(loss, model, optimizer, progress)
         progress.add(bits=loss.item() / math.log(2))
         bar.set_postfix(bits=f"{loss.item() / math.log(2):.3f}")
-        if stop.requested:
+        if stop.should_stop(device):
             return None
     return progress.epoch_means()["bits"]
 
@@ -91,9 +94,18 @@ def train_epoch(model, optimizer, codes, labels, cfg: PriorConfig, device, progr
 def main(argv=None):
     args = parse_args(argv)
     given = given_config_values(PriorConfig, args)
-    cfg, state = prepare_run(PriorConfig, given, STAGE, args.fresh)
+    given["device"] = distributed.setup(given.get("device", PriorConfig().device))
+    try:
+        train(given, args.fresh)
+    finally:
+        distributed.teardown()
+
+
+def train(given: dict, fresh: bool) -> None:
+    """Train (or resume) in the run folder named by the config; rank 0 writes every file."""
+    cfg, state = prepare_run(PriorConfig, given, STAGE, fresh)
     if cfg is None:
-        print(f"{given.get('out_dir', PriorConfig().out_dir)}/ckpt.pt exists: already trained (use --fresh to train again)")
+        say(f"{given.get('out_dir', PriorConfig().out_dir)}/ckpt.pt exists: already trained (use --fresh to train again)")
         return
     meta = read_meta(cfg.codes_dir)
     if state is not None and state["config"].get("stage1_sha256") != meta["stage1_sha256"]:
@@ -110,32 +122,37 @@ def main(argv=None):
     progress = restore(state, model, optimizer)
     if state is not None:
         trim_metrics(out_dir / METRICS, progress.epoch)
-        print(f"resuming from epoch {progress.epoch}, step {progress.step}")
+        say(f"resuming from epoch {progress.epoch}, step {progress.step}")
     write_config(out_dir, cfg)
     if maybe_compile([model], cfg.compile, device):
-        print("compiling the model (the first steps are slower)")
+        say("compiling the model (the first steps are slower)")
+    parallel = distributed.wrap(model, device)
+    world = distributed.world_size()
     kind = "class-conditional " if cfg.class_conditional else ""
-    print(f"training a {kind}prior on {train_codes.shape[0]} maps of {cfg.grid_height}x{cfg.grid_width} codes "
-          f"(K={cfg.codebook_size}; uniform = {math.log2(cfg.codebook_size):.2f} bits/code), device {device}")
+    say(f"training a {kind}prior on {train_codes.shape[0]} maps of {cfg.grid_height}x{cfg.grid_width} codes "
+        f"(K={cfg.codebook_size}; uniform = {math.log2(cfg.codebook_size):.2f} bits/code), device {device}"
+        + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
     with StopSignal() as stop:
         while progress.epoch < cfg.epochs:
-            start, maps_left = time.perf_counter(), train_codes.shape[0] - progress.batch * cfg.batch_size
-            train_bits = train_epoch(model, optimizer, train_codes, train_labels, cfg, device, progress, stop)
+            start, maps_left = time.perf_counter(), train_codes.shape[0] - progress.batch * cfg.batch_size * world
+            train_bits = train_epoch(parallel, optimizer, train_codes, train_labels, cfg, device, progress, stop)
             if train_bits is None:
                 save_state(out_dir, STAGE, cfg, model, optimizer, progress)
                 stop.exit(progress)
             seconds = time.perf_counter() - start
             test_bits = test_bits_per_code(model, test_codes, test_labels, device, cfg.precision)
             is_best = progress.record_epoch(test_bits, model, {"test_bits_per_code": test_bits})
-            append_jsonl(out_dir / METRICS, {"epoch": progress.epoch, "step": progress.step,
-                                             "train_bits_per_code": train_bits, "test_bits_per_code": test_bits,
-                                             "seconds": seconds, "maps_per_s": maps_left / seconds})
+            if distributed.is_main():
+                append_jsonl(out_dir / METRICS, {"epoch": progress.epoch, "step": progress.step,
+                                                 "train_bits_per_code": train_bits, "test_bits_per_code": test_bits,
+                                                 "seconds": seconds, "maps_per_s": maps_left / seconds,
+                                                 "processes": world})
             save_state(out_dir, STAGE, cfg, model, optimizer, progress)
-            print(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}  test {test_bits:.3f} bits/code  "
-                  f"({maps_left / seconds:.0f} maps/s){'  *best' if is_best else ''}", flush=True)
+            say(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}  test {test_bits:.3f} bits/code  "
+                f"({maps_left / seconds:.0f} maps/s){'  *best' if is_best else ''}")
     path = finish(out_dir, STAGE, cfg, progress)
-    print(f"best epoch {progress.best_epoch} (test {progress.best_metric:.3f} bits/code) -> {path}")
-    print(f"logs in {out_dir}/ (metrics.jsonl, config.json)")
+    say(f"best epoch {progress.best_epoch} (test {progress.best_metric:.3f} bits/code) -> {path}")
+    say(f"logs in {out_dir}/ (metrics.jsonl, config.json)")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from tools import distributed
 from tools.cli import UserError, config_from
 from tools.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
 
@@ -72,10 +73,12 @@ def prepare_run(config_cls, given: dict, stage: str, fresh: bool):
     The config is the saved one when resuming, else the defaults; the flags the user typed override it.
     """
     out_dir = Path(given.get("out_dir", config_cls().out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-    if fresh:
-        clear_run(out_dir)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        if fresh:
+            clear_run(out_dir)
+    distributed.barrier()
     if (out_dir / CKPT).exists():
         return None, None
     state = load_checkpoint(out_dir / STATE, stage) if (out_dir / STATE).exists() else None
@@ -114,6 +117,10 @@ class StopSignal:
     def __init__(self):
         self.requested = None  # the signal number once one arrived
 
+    def should_stop(self, device) -> bool:
+        """Whether to stop after this step (agreed by all ranks, so they stop at the same step)."""
+        return distributed.any_rank(self.requested is not None, device)
+
     def _handle(self, signum, frame):
         if self.requested is not None:
             raise KeyboardInterrupt
@@ -130,14 +137,16 @@ class StopSignal:
 
     def exit(self, progress: Progress) -> None:
         """Tell the user where the run stopped and exit with the conventional status (128 + signal)."""
-        print(f"stopped at epoch {progress.epoch + 1}, step {progress.step}; state saved: run the same command "
-              "again to resume", file=sys.stderr)
-        sys.exit(128 + self.requested)
+        if distributed.is_main():
+            print(f"stopped at epoch {progress.epoch + 1}, step {progress.step}; state saved: run the same command "
+                  "again to resume", file=sys.stderr)
+        distributed.teardown()
+        sys.exit(128 + (self.requested or signal.SIGTERM))
 
 
 def trim_metrics(path: Path, epochs: int) -> None:
     """Drop log lines for epochs after the resume point (written just before a kill), atomically."""
-    if not path.exists():
+    if not distributed.is_main() or not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs]
@@ -162,7 +171,13 @@ def restore(state, model, optimizer) -> Progress:
 
 
 def save_state(out_dir: Path, stage: str, config, model, optimizer, progress: Progress) -> None:
-    """Write everything needed to resume after the epoch just finished."""
+    """Write (rank 0) everything needed to resume from this step; all ranks wait for the write."""
+    if distributed.is_main():
+        _write_state(out_dir, stage, config, model, optimizer, progress)
+    distributed.barrier()
+
+
+def _write_state(out_dir: Path, stage: str, config, model, optimizer, progress: Progress) -> None:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -182,13 +197,20 @@ def finish(out_dir: Path, stage: str, config, progress: Progress) -> Path:
     if not progress.best_model:
         raise UserError("training produced no finite validation loss; no checkpoint was written")
     path = out_dir / CKPT
-    save_checkpoint(
-        path, stage, dataclasses.asdict(config), progress.best_model, epoch=progress.best_epoch,
-        metrics=progress.best_metrics,
-    )
+    if distributed.is_main():
+        save_checkpoint(path, stage, dataclasses.asdict(config), progress.best_model, epoch=progress.best_epoch,
+                        metrics=progress.best_metrics)
+    distributed.barrier()
     return path
 
 
 def write_config(out_dir: Path, config) -> None:
-    """Save the resolved config next to the run."""
-    write_json(out_dir / "config.json", dataclasses.asdict(config))
+    """Save the resolved config next to the run (rank 0)."""
+    if distributed.is_main():
+        write_json(out_dir / "config.json", dataclasses.asdict(config))
+
+
+def say(*args, **kwargs) -> None:
+    """print on rank 0 only."""
+    if distributed.is_main():
+        print(*args, **kwargs, flush=True)
