@@ -64,26 +64,21 @@ def sample_cached(model: GatedPixelCNN, n: int, labels, temperature: float, top_
     weight = model.embedding.weight
     codes = torch.zeros(n, height, width, dtype=torch.long, device=weight.device)
     caches = [_LayerCache(layer, n, channels, height, width, weight) for layer in model.layers]
-    biases = [None if layer.class_bias is None else layer.class_bias(labels) for layer in model.layers]  # (n, 2C)
+    no_bias = weight.new_zeros(1, 2 * channels)  # adding exact zeros leaves unconditional values unchanged
+    biases = [no_bias if layer.class_bias is None else layer.class_bias(labels) for layer in model.layers]  # (n, 2C)
     head_hidden, head_out = model.head[1], model.head[3]
     for i in range(height):
         to_horizontal = []
         for l, cache in enumerate(caches):
             v_pre = cache.vertical_row(i)  # (n, 2C, 1, W)
-            if biases[l] is not None:
-                v_pre_biased = v_pre + biases[l][:, :, None, None]
-            else:
-                v_pre_biased = v_pre
             to_horizontal.append(cache.layer.vertical_to_horizontal(v_pre)[:, :, 0])  # (n, 2C, W)
             if l + 1 < len(caches):
-                caches[l + 1].write_vertical_input(i, gate(v_pre_biased)[:, :, 0])
+                caches[l + 1].write_vertical_input(i, gate(v_pre + biases[l][:, :, None, None])[:, :, 0])
             cache.start_row()
         for j in range(width):
             h = None
             for l, cache in enumerate(caches):
-                h_pre = cache.horizontal_at(j) + to_horizontal[l][:, :, j]
-                if biases[l] is not None:
-                    h_pre = h_pre + biases[l]
+                h_pre = cache.horizontal_at(j) + to_horizontal[l][:, :, j] + biases[l]
                 h_out = _linear_1x1(cache.layer.horizontal_out, gate(h_pre))
                 h = h_out if cache.layer.first else h_out + h
                 if l + 1 < len(caches):
