@@ -43,6 +43,8 @@ def parse_args(argv):
     parser.add_argument("--images", type=int, default=4096, help="images in the synthetic dataset (default: %(default)s)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the training steps (default: on with CUDA)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="precision of the pipeline's own paths; the baseline is always fp32 (default: %(default)s)")
     parser.add_argument("--out", default="bench.json", help="where the results go (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -106,7 +108,7 @@ def bench_stage1_resident(images_u8, device, args, compile_setting) -> float:
     generator = torch.Generator(device=device).manual_seed(0)
     batches = endless(lambda: train_batches(resident, BATCH, generator))
     steps = max(1, images_u8.shape[0] // BATCH // 4)
-    work = stage1_steps(model, optimizer, batches, device, cfg.precision, steps)
+    work = stage1_steps(model, optimizer, batches, device, args.precision, steps)
     return median_rate(work, steps * BATCH, args.repeats, device, warmup=3 if compile_setting else 1)
 
 
@@ -146,7 +148,7 @@ def bench_encode(images_u8, device, args) -> float:
 
     def work():
         for start in range(0, resident.shape[0], 1024):
-            with autocast(device, model.cfg.precision):
+            with autocast(device, args.precision):
                 model.encode(to_model_range(resident[start : start + 1024]))
 
     return median_rate(work, resident.shape[0], args.repeats, device)
@@ -162,7 +164,7 @@ def bench_prior_training(device, args, compile_setting) -> float:
 
     def work():
         for start in range(0, codes.shape[0], BATCH):
-            with autocast(device, cfg.precision):
+            with autocast(device, args.precision):
                 _, loss = model(codes[start : start + BATCH])
             optimize(loss, model, optimizer, progress)
 
@@ -212,7 +214,7 @@ def main(argv=None):
     device = pick_device(args.device)
     configure_backend(device)
     torch.manual_seed(0)
-    precision = resolve_precision(device, "auto")
+    precision = resolve_precision(device, args.precision)
     print(f"benchmarking on {device_name(device)}, torch {torch.__version__}, precision {precision}, "
           f"median of {args.repeats} repeats")
     results = run_benchmarks(device, args)
