@@ -251,12 +251,6 @@ def hflip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image of (B, C, H, W) left-right with probability 1/2 (draws from `generator`)."""
-    flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
-    return hflip_where(x, flip.to(x.device))
-
-
 def train_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, augment: bool = True,
                   start_batch: int = 0):
     """Yield shuffled float batches in [-1, 1] covering every image once, with random flips on the device.

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms.functional import hflip
 
 from stage1_vqvae import data
-from stage1_vqvae.data import load_split, make_shapes, random_hflip, train_batches
+from stage1_vqvae.data import load_split, make_shapes, to_model_range, train_batches
 from tools.cli import UserError
 
 
@@ -94,13 +94,21 @@ def test_train_batches_yield_every_image_once_per_epoch():
     assert sorted(values.tolist()) == list(range(50))
 
 
-def test_random_hflip_matches_torchvision_hflip():
-    x = torch.randn(64, 3, 8, 8)
-    flipped = random_hflip(x, torch.Generator().manual_seed(1))
-    was_flipped = [torch.equal(f, hflip(o)) for f, o in zip(flipped, x)]
-    kept = [torch.equal(f, o) for f, o in zip(flipped, x)]
-    assert all(a or b for a, b in zip(was_flipped, kept))
-    assert 10 < sum(was_flipped) < 54
+def test_training_flips_match_torchvision_hflip_and_keep_every_image_once():
+    images = make_shapes(64, seed=2).images
+    originals = {bytes(img.numpy()): to_model_range(img) for img in images}
+    batches = list(train_batches(images, 16, torch.Generator().manual_seed(1), augment=True))
+    flipped = 0
+    for x in torch.cat(batches):
+        restored = torch.round((x + 1) * 127.5).to(torch.uint8)
+        key = bytes(restored.numpy())
+        if key not in originals:  # a flipped image: flipping it back must give an original
+            key = bytes(hflip(restored).numpy())
+            flipped += 1
+            assert torch.equal(hflip(originals[key]), x)
+        originals.pop(key)  # each image exactly once per epoch
+    assert not originals
+    assert 10 < flipped < 54
 
 
 def test_model_range_scaling():
