@@ -10,7 +10,7 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -93,12 +93,14 @@ def load_checkpoint(path, stage: str, map_location="cpu") -> dict:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # garbage bytes make the unpickler warn before it fails
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
         raise UserError(f"{path}: refused to load, it is not a plain checkpoint ({first_line})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from None
+    except Exception as err:  # corrupt bytes surface as many types (EOFError, KeyError, IndexError, ...)
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {err}") from None
     if not isinstance(ckpt, dict) or "stage" not in ckpt or "model" not in ckpt:
         raise UserError(f"{path}: not a checkpoint of this project")
     if ckpt.get("format_version") != FORMAT_VERSION:
