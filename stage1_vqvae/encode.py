@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from stage1_vqvae.checkpoint import load_vqvae
-from stage1_vqvae.data import load_split, to_model_range
+from stage1_vqvae.data import eval_batches, load_split
 from tools.cli import main_entry
 from tools.files import atomic_path, remove_stale_temporaries, sha256_file, write_json
 from tools.runtime import autocast, pick_device, progress_disabled
@@ -48,10 +48,11 @@ def encode_to_file(model, images: torch.Tensor, path: Path, batch_size: int, dev
     h = w = images.shape[-1] // 4
     with atomic_path(path) as tmp:
         codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(images.shape[0], h, w))
-        for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, unit="batch", disable=progress_disabled()):
-            x = to_model_range(images[start : start + batch_size].to(device))
+        batches = eval_batches(images, batch_size, device)
+        bar = tqdm(batches, total=-(-images.shape[0] // batch_size), desc=desc, unit="batch", disable=progress_disabled())
+        for start, x in zip(range(0, images.shape[0], batch_size), bar):
             with autocast(device, model.cfg.precision):
-                codes[start : start + batch_size] = model.encode(x).cpu().numpy().astype(dtype)
+                codes[start : start + x.shape[0]] = model.encode(x).cpu().numpy().astype(dtype)
         codes.flush()
         del codes
     return (h, w)

@@ -25,7 +25,7 @@ from tools.images import save_comparison
 from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
 from tools import distributed
 from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
-                            say, trim_metrics, write_config)
+                            say, write_config)
 
 EVAL_BATCH = 512
 PREVIEW_IMAGES = 16
@@ -85,9 +85,8 @@ def train_epoch(model, optimizer, images, cfg, device, progress, stop) -> dict |
     for x in bar:
         with autocast(device, cfg.precision):
             _, loss, parts = model(x)
-        optimize(loss, model, optimizer, progress)
-        progress.add(loss=loss.item(), recon=parts["recon"].item())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        loss_value = optimize(loss, model, optimizer, progress, recon=parts["recon"])
+        bar.set_postfix(loss=f"{loss_value:.4f}")
         if stop.should_stop(device):
             return None
     return progress.epoch_means()
@@ -138,7 +137,6 @@ def train(given: dict, fresh: bool) -> None:
     """Train (or resume) in the run folder named by the config; rank 0 writes every file."""
     cfg, state = prepare_run(VQVAEConfig, given, STAGE, fresh)
     if cfg is None:
-        say(f"{given.get('out_dir', VQVAEConfig().out_dir)}/ckpt.pt exists: already trained (use --fresh to train again)")
         return
     out_dir = Path(cfg.out_dir)
     device = pick_device(cfg.device)
@@ -147,10 +145,7 @@ def train(given: dict, fresh: bool) -> None:
     train_images, test_images = load_data(cfg, device)
     model = VQVAE(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    progress = restore(state, model, optimizer)
-    if state is not None:
-        trim_metrics(out_dir / METRICS, progress.epoch)
-        say(f"resuming from epoch {progress.epoch}, step {progress.step}")
+    progress = restore(state, model, optimizer, out_dir)
     write_config(out_dir, cfg)
     if maybe_compile([model.encoder, model.decoder], cfg.compile, device):  # the quantizer stays eager (data-dependent)
         say("compiling the encoder and decoder (the first steps are slower)")

@@ -88,15 +88,18 @@ class GatedPixelCNN(nn.Module):
             v, h = layer(v, h, labels)
         return self.head(h)
 
+    def logits(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+        """Codes (B, H, W) long -> logits (B, K, H, W)."""
+        return self.logits_from_embedded(self.embedding(codes).permute(0, 3, 1, 2), labels)
+
     def forward(self, codes: torch.Tensor, labels=None):
         """Codes (B, H, W) long -> (logits (B, K, H, W), mean cross-entropy in nats)."""
-        x = self.embedding(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
-        logits = self.logits_from_embedded(x, labels)
+        logits = self.logits(codes, labels)
         return logits, F.cross_entropy(logits.float(), codes)
 
     def log_prob(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
         """Log-likelihood of each code map (B, H, W), in nats: (B,)."""
-        logits, _ = self(codes.long(), labels)
+        logits = self.logits(codes.long(), labels)
         return -F.cross_entropy(logits.float(), codes.long(), reduction="none").sum(dim=(1, 2))
 
     @torch.no_grad()
@@ -116,7 +119,7 @@ class GatedPixelCNN(nn.Module):
         codes = torch.zeros(n, self.cfg.grid_height, self.cfg.grid_width, dtype=torch.long, device=device)
         for i in range(self.cfg.grid_height):
             for j in range(self.cfg.grid_width):
-                logits, _ = self(codes, labels)
+                logits = self.logits(codes, labels)
                 codes[:, i, j] = draw(logits[:, :, i, j], temperature, top_k, generator)
         return codes
 

@@ -25,7 +25,7 @@ from tools.files import append_jsonl
 from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
 from tools import distributed
 from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
-                            say, trim_metrics, write_config)
+                            say, write_config)
 
 EVAL_BATCH = 1024
 
@@ -82,12 +82,11 @@ def train_epoch(model, optimizer, codes, labels, cfg: PriorConfig, device, progr
         picked = order[start:stop_at]
         with autocast(device, cfg.precision):
             _, loss = model(codes[picked], labels_or_none(model, labels[picked]))
-        optimize(loss, model, optimizer, progress)
-        progress.add(bits=loss.item() / math.log(2))
-        bar.set_postfix(bits=f"{loss.item() / math.log(2):.3f}")
+        bits = optimize(loss, model, optimizer, progress) / math.log(2)
+        bar.set_postfix(bits=f"{bits:.3f}")
         if stop.should_stop(device):
             return None
-    return progress.epoch_means()["bits"]
+    return progress.epoch_means()["loss"] / math.log(2)
 
 
 @main_entry
@@ -105,7 +104,6 @@ def train(given: dict, fresh: bool) -> None:
     """Train (or resume) in the run folder named by the config; rank 0 writes every file."""
     cfg, state = prepare_run(PriorConfig, given, STAGE, fresh)
     if cfg is None:
-        say(f"{given.get('out_dir', PriorConfig().out_dir)}/ckpt.pt exists: already trained (use --fresh to train again)")
         return
     meta = read_meta(cfg.codes_dir)
     if state is not None and state["config"].get("stage1_sha256") != meta["stage1_sha256"]:
@@ -119,10 +117,7 @@ def train(given: dict, fresh: bool) -> None:
     test_codes, test_labels = (t.to(device) for t in load_codes(cfg.codes_dir, "test", meta))
     model = GatedPixelCNN(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    progress = restore(state, model, optimizer)
-    if state is not None:
-        trim_metrics(out_dir / METRICS, progress.epoch)
-        say(f"resuming from epoch {progress.epoch}, step {progress.step}")
+    progress = restore(state, model, optimizer, out_dir)
     write_config(out_dir, cfg)
     if maybe_compile([model], cfg.compile, device):
         say("compiling the model (the first steps are slower)")

@@ -11,7 +11,6 @@ Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RS
 
 import argparse
 import datetime
-import json
 import platform
 import resource
 import statistics

@@ -1,7 +1,9 @@
 """Device, precision and seeding choices shared by every command."""
 
 import contextlib
+import functools
 import random
+import sys
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+@functools.cache  # asked on every training step through autocast()
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matrix work is fast here: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
     if device.type == "cuda":
@@ -60,8 +63,6 @@ def configure_backend(device: torch.device) -> None:
 
 def progress_disabled() -> bool:
     """Progress bars only on a terminal, so CI logs and captured output stay readable."""
-    import sys
-
     return not sys.stderr.isatty()
 
 

@@ -80,11 +80,10 @@ def prepare_run(config_cls, given: dict, stage: str, fresh: bool):
             clear_run(out_dir)
     distributed.barrier()
     if (out_dir / CKPT).exists():
+        say(f"{out_dir / CKPT} exists: already trained (use --fresh to train again)")
         return None, None
     state = load_checkpoint(out_dir / STATE, stage) if (out_dir / STATE).exists() else None
-    saved = state["config"] if state else {}
-    config = config_from(config_cls, {**dataclasses.asdict(config_cls()), **saved, **given})
-    return config, state
+    return config_from(config_cls, {**(state["config"] if state else {}), **given}), state
 
 
 def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
@@ -92,20 +91,28 @@ def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
 
 
-def optimize(loss: torch.Tensor, model: torch.nn.Module, optimizer, progress: Progress) -> None:
-    """Backward and step, or stop with a message (before stepping) on a non-finite loss or gradient."""
-    where = f"epoch {progress.epoch + 1}, step {progress.step + 1}"
-    advice = "state.pt keeps the last good state; try a lower --lr or --precision fp32"
-    if not torch.isfinite(loss):
-        raise UserError(f"the loss became {loss.item()} at {where}; {advice}")
+def optimize(loss: torch.Tensor, model: torch.nn.Module, optimizer, progress: Progress, **logged) -> float:
+    """Backward and step, adding the loss (and `logged` scalars) to the epoch's sums; returns the loss.
+
+    Stops with a message, before stepping, on a non-finite loss or gradient. The loss, the gradient
+    norm and the logged values reach the host in one transfer: one synchronisation per step.
+    """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-    if not torch.isfinite(grad_norm):
-        raise UserError(f"a gradient became {grad_norm.item()} at {where}; {advice}")
+    loss_value, grad_value, *logged_values = torch.stack(
+        [loss.detach().float(), grad_norm.float(), *(v.detach().float() for v in logged.values())]).tolist()
+    where = f"epoch {progress.epoch + 1}, step {progress.step + 1}"
+    advice = "state.pt keeps the last good state; try a lower --lr or --precision fp32"
+    if not math.isfinite(loss_value):
+        raise UserError(f"the loss became {loss_value} at {where}; {advice}")
+    if not math.isfinite(grad_value):
+        raise UserError(f"a gradient became {grad_value} at {where}; {advice}")
     optimizer.step()
     progress.step += 1
     progress.batch += 1
+    progress.add(loss=loss_value, **dict(zip(logged, logged_values)))
+    return loss_value
 
 
 class StopSignal:
@@ -155,8 +162,8 @@ def trim_metrics(path: Path, epochs: int) -> None:
             tmp.write_text("".join(line + "\n" for line in kept))
 
 
-def restore(state, model, optimizer) -> Progress:
-    """Load a resume state into model and optimizer (and the RNG); a fresh Progress when there is none."""
+def restore(state, model, optimizer, out_dir: Path) -> Progress:
+    """Load a resume state into model, optimizer and RNG, and say so; a fresh Progress when there is none."""
     if state is None:
         return Progress()
     try:
@@ -167,7 +174,10 @@ def restore(state, model, optimizer) -> Progress:
     torch.set_rng_state(state["rng"]["torch"])
     if torch.cuda.is_available() and "cuda" in state["rng"]:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return Progress(**state["progress"])
+    progress = Progress(**state["progress"])
+    trim_metrics(out_dir / METRICS, progress.epoch)
+    say(f"resuming from epoch {progress.epoch}, step {progress.step}")
+    return progress
 
 
 def save_state(out_dir: Path, stage: str, config, model, optimizer, progress: Progress) -> None:
