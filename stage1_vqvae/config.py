@@ -8,6 +8,11 @@ def opt(default, help, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
 
+def derived(default):
+    """A config field the run fills in itself (recorded, never typed by the user)."""
+    return field(default=default, metadata={"cli": False})
+
+
 @dataclass
 class VQVAEConfig:
     # data
@@ -15,6 +20,8 @@ class VQVAEConfig:
     data_dir: str = opt("data", "CIFAR-10 download folder, or the image folder for --dataset folder")
     shapes_train: int = opt(10000, "train images generated for --dataset shapes")
     shapes_test: int = opt(1000, "test images generated for --dataset shapes")
+    val_size: float = opt(0.1, "validation images taken out of the train images (a fraction below 1, else a "
+                               "count; shapes generate their own); the best epoch is chosen on them")
     out_dir: str = opt("runs/vqvae", "where checkpoints, logs and pictures go")
     # model
     codebook_size: int = opt(512, "K, number of code vectors")
@@ -31,8 +38,13 @@ class VQVAEConfig:
     # training
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
-    lr: float = opt(2e-4, "Adam learning rate")
+    lr: float = opt(2e-4, "peak Adam learning rate")
+    lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",
+                           choices=["cosine", "constant"])
+    warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     seed: int = opt(0, "seed for initialisation, shuffling and augmentation")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
     compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
     precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32", choices=["auto", "fp32", "bf16"])
+    # recorded by the run
+    val_split: str = derived("")  # how the validation images were chosen, with a fingerprint

@@ -6,13 +6,18 @@ device, a whole batch at a time (no per-image Python work, no worker processes).
 
 - `cifar10`: torchvision's CIFAR-10, downloaded into DATA_DIR when missing.
 - `folder`: `<class>/<image>` folders; DATA_DIR/train and DATA_DIR/test when both exist, otherwise a
-  deterministic 10% of each class is held out. Images are resized and center-cropped to 32x32;
+  deterministic 10% of each class is held out as the test split. Images are resized and center-cropped to 32x32;
   files that cannot be decoded are skipped with a warning that names them. The decoded tensors are
   cached in DATA_DIR/.cache (or ~/.cache/vqvae-pixelcnn when DATA_DIR is read-only) and reused
   while the files' names, sizes and modification times are unchanged.
 - `shapes`: procedural coloured shapes, generated from a seed (works offline, used by the demo).
+
+Splits are `train`, `val` and `test`. For cifar10 and folder the validation split is carved from the
+training images (`tools.splits`: seeded, stratified by class, `val_size` of them); shapes generate
+their own validation images from a third seed. Test images are never part of train or val.
 """
 
+import dataclasses
 import hashlib
 import os
 import sys
@@ -25,6 +30,7 @@ import torch
 from tools.cli import UserError
 from tools.distributed import my_batches
 from tools.files import atomic_path
+from tools.splits import describe_split, split_validation, validation_count
 
 IMAGE_SIZE = 32
 SHAPE_CLASSES = ["circle", "square", "triangle", "ring", "cross", "diamond"]
@@ -37,21 +43,60 @@ class ImageSet:
     images: torch.Tensor  # (N, 3, 32, 32) uint8
     labels: torch.Tensor  # (N,) int64
     class_names: list
+    note: str = ""  # how a validation split was made (saved in config.json and meta.json)
 
     def __len__(self):
         return self.images.shape[0]
 
+    def subset(self, indices: torch.Tensor, note: str = "") -> "ImageSet":
+        return ImageSet(self.images[indices], self.labels[indices], self.class_names, note)
 
-def load_split(dataset: str, data_dir: str, split: str, shapes_counts=(10000, 1000)) -> ImageSet:
-    """The `split` ('train' or 'test') of `dataset` as an ImageSet."""
-    if dataset == "cifar10":
-        return _load_cifar10(Path(data_dir), split)
-    if dataset == "folder":
-        return _load_folder(Path(data_dir), split)
+
+SPLITS = ("train", "val", "test")
+SHAPES_SEEDS = {"train": 0, "test": 1, "val": 2}
+
+
+def load_splits(dataset: str, data_dir: str, splits=SPLITS, shapes_counts=(10000, 1000), val_size: float = 0.1) -> dict:
+    """{split: ImageSet} for the named splits of `dataset`; the training images are decoded once."""
+    if dataset not in ("cifar10", "folder", "shapes"):
+        raise UserError(f"unknown dataset {dataset!r} (choose cifar10, folder or shapes)")
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; choose from {SPLITS}")
     if dataset == "shapes":
-        count = shapes_counts[0] if split == "train" else shapes_counts[1]
-        return make_shapes(count, seed=0 if split == "train" else 1)
-    raise UserError(f"unknown dataset {dataset!r} (choose cifar10, folder or shapes)")
+        return {split: _shapes_split(split, shapes_counts, val_size) for split in splits}
+    loaded = {}
+    if "test" in splits:
+        loaded["test"] = _load_raw(dataset, Path(data_dir), "test")
+    if "train" in splits or "val" in splits:
+        pool = _load_raw(dataset, Path(data_dir), "train")
+        if "val" in splits and validation_count(val_size, len(pool)) < 1:
+            raise UserError(f"--val-size {val_size} gives no validation images out of {len(pool)}")
+        train_idx, val_idx = split_validation(pool.labels, val_size)
+        loaded["train"] = pool.subset(train_idx)
+        loaded["val"] = pool.subset(val_idx, describe_split(val_idx, len(pool)))
+    return {split: loaded[split] for split in splits}
+
+
+def load_split(dataset: str, data_dir: str, split: str, shapes_counts=(10000, 1000), val_size: float = 0.1) -> ImageSet:
+    """One split ('train', 'val' or 'test') of `dataset` as an ImageSet."""
+    return load_splits(dataset, data_dir, (split,), shapes_counts, val_size)[split]
+
+
+def _load_raw(dataset: str, root: Path, split: str) -> ImageSet:
+    """The dataset's own train or test part, before the validation images are taken out of train."""
+    return _load_cifar10(root, split) if dataset == "cifar10" else _load_folder(root, split)
+
+
+def _shapes_split(split: str, shapes_counts, val_size: float) -> ImageSet:
+    """Shapes generate each split from its own seed; validation counts relative to the train count."""
+    if split == "val":
+        count = validation_count(val_size, shapes_counts[0])
+        if count < 1:
+            raise UserError(f"--val-size {val_size} gives no validation images for {shapes_counts[0]} shapes")
+        note = f"{count} generated shapes, seed {SHAPES_SEEDS['val']}"
+        return dataclasses.replace(make_shapes(count, SHAPES_SEEDS["val"]), note=note)
+    return make_shapes(shapes_counts[0] if split == "train" else shapes_counts[1], seed=SHAPES_SEEDS[split])
 
 
 # ---------------------------------------------------------------- CIFAR-10

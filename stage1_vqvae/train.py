@@ -1,13 +1,17 @@
-"""Train the VQ-VAE, validating every epoch and keeping the best checkpoint by validation loss.
+"""Train the VQ-VAE; keep the epoch with the best validation reconstruction, report the test split.
 
     python -m stage1_vqvae.train --dataset shapes --epochs 5       # see --help for every flag
-    python -m stage1_vqvae.train --eval-only                        # metrics + pictures from ckpt.pt
+    python -m stage1_vqvae.train --eval-only                        # test metrics + pictures from ckpt.pt
 
-Writes to --out-dir: config.json, metrics.jsonl, recon_epochNNN.png (test inputs above their
-reconstructions), state.pt (resume point, every epoch) and, at the end, ckpt.pt (best epoch).
+The best epoch is the one with the lowest validation MSE (not the total loss, whose commitment term
+drifts as the encoder moves); test metrics are logged every epoch but never used to choose.
+Writes to --out-dir: config.json, metrics.jsonl (val_* and test_* every epoch), recon_epochNNN.png
+(test inputs above their reconstructions), state.pt (resume point, every epoch) and, at the end,
+ckpt.pt (best epoch).
 Re-running resumes an interrupted run; a finished run is left alone unless --fresh is given.
 """
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -17,13 +21,14 @@ from tqdm import tqdm
 
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
 from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.data import eval_batches, load_split, to_model_range, train_batches
+from stage1_vqvae.data import eval_batches, load_splits, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
-from tools.cli import build_parser, config_from, given_config_values, main_entry
+from tools.cli import UserError, build_parser, config_from, given_config_values, main_entry
 from tools.files import append_jsonl, write_json
 from tools.images import save_comparison
 from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
 from tools import distributed
+from tools.optimization import Optimization
 from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             say, write_config)
 
@@ -39,12 +44,19 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def load_data(cfg: VQVAEConfig, device: torch.device):
-    """Train and test images as resident uint8 tensors on `device`."""
-    counts = (cfg.shapes_train, cfg.shapes_test)
-    train = load_split(cfg.dataset, cfg.data_dir, "train", counts)
-    test = load_split(cfg.dataset, cfg.data_dir, "test", counts)
-    return train.images.to(device), test.images.to(device)
+def load_data(cfg: VQVAEConfig, device: torch.device, splits=("train", "val", "test")) -> tuple:
+    """({split: resident uint8 images on `device`}, how the validation split was made)."""
+    sets = load_splits(cfg.dataset, cfg.data_dir, splits, (cfg.shapes_train, cfg.shapes_test), cfg.val_size)
+    note = sets["val"].note if "val" in sets else ""
+    return {name: data.images.to(device) for name, data in sets.items()}, note
+
+
+def check_same_split(cfg: VQVAEConfig, note: str) -> VQVAEConfig:
+    """The config with the validation split recorded; a resumed run must find the split it started with."""
+    if cfg.val_split and cfg.val_split != note:
+        raise UserError(f"the validation split changed since this run started (now: {note}; was: {cfg.val_split}): "
+                        "were images added or removed? Use --fresh to start over")
+    return dataclasses.replace(cfg, val_split=note)
 
 
 def psnr(mse_unit_range: float) -> float:
@@ -74,7 +86,7 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
     return metrics
 
 
-def train_epoch(model, optimizer, images, cfg, device, progress, stop) -> dict | None:
+def train_epoch(model, optimization, images, cfg, device, progress, stop) -> dict | None:
     """Train until the end of the current epoch (or a stop signal: then None); returns mean losses."""
     model.train()
     n_batches = distributed.batch_count(images.shape[0], cfg.batch_size)
@@ -85,7 +97,7 @@ def train_epoch(model, optimizer, images, cfg, device, progress, stop) -> dict |
     for x in bar:
         with autocast(device, cfg.precision):
             _, loss, parts = model(x)
-        loss_value = optimize(loss, model, optimizer, progress, recon=parts["recon"])
+        loss_value = optimize(loss, model, optimization, progress, recon=parts["recon"])
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if stop.should_stop(device):
             return None
@@ -107,16 +119,20 @@ def run_eval_only(args, given: dict) -> None:
     model = load_vqvae(ckpt_path, device)
     data_flags = {k: v for k, v in given.items() if k in ("dataset", "data_dir", "shapes_train", "shapes_test")}
     cfg = config_from(VQVAEConfig, {**vars(model.cfg), **data_flags})
-    _, test_images = load_data(cfg, device)
+    test_images = load_data(cfg, device, ("test",))[0]["test"]
     metrics = evaluate(model, test_images, device, given.get("precision", cfg.precision))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_preview(model, test_images, out_dir / "eval_recon.png", device)
     write_json(out_dir / "eval.json", {"checkpoint": str(ckpt_path), "dataset": cfg.dataset, **metrics})
-    print(f"{ckpt_path} on {cfg.dataset} test ({test_images.shape[0]} images): " + format_metrics(metrics))
+    print(f"{ckpt_path} on {cfg.dataset} test ({test_images.shape[0]} images): " + format_all_metrics(metrics))
     print(f"wrote {out_dir / 'eval_recon.png'} and {out_dir / 'eval.json'}")
 
 
 def format_metrics(m: dict) -> str:
+    return f"MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  codes used {m['codes_used']}"
+
+
+def format_all_metrics(m: dict) -> str:
     return f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  perplexity {m['perplexity']:.1f}  codes used {m['codes_used']}"
 
 
@@ -142,38 +158,44 @@ def train(given: dict, fresh: bool) -> None:
     device = pick_device(cfg.device)
     configure_backend(device)
     seed_everything(cfg.seed)
-    train_images, test_images = load_data(cfg, device)
+    images, note = load_data(cfg, device)
+    cfg = check_same_split(cfg, note)
     model = VQVAE(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    progress = restore(state, model, optimizer, out_dir)
+    total_steps = cfg.epochs * distributed.batch_count(images["train"].shape[0], cfg.batch_size)
+    optimization = Optimization.build(model, cfg, total_steps, device)
+    progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)
     if maybe_compile([model.encoder, model.decoder], cfg.compile, device):  # the quantizer stays eager (data-dependent)
         say("compiling the encoder and decoder (the first steps are slower)")
     parallel = distributed.wrap(model, device)
     world = distributed.world_size()
-    say(f"training on {train_images.shape[0]} {cfg.dataset} images, testing on {test_images.shape[0]}, device {device}"
+    say(f"training on {images['train'].shape[0]} {cfg.dataset} images, choosing the epoch on {images['val'].shape[0]} "
+        f"validation images, testing on {images['test'].shape[0]}, device {device}"
         + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
     with StopSignal() as stop:
         while progress.epoch < cfg.epochs:
-            start, images_left = time.perf_counter(), train_images.shape[0] - progress.batch * cfg.batch_size * world
-            train = train_epoch(parallel, optimizer, train_images, cfg, device, progress, stop)
+            start, images_left = time.perf_counter(), images["train"].shape[0] - progress.batch * cfg.batch_size * world
+            train = train_epoch(parallel, optimization, images["train"], cfg, device, progress, stop)
             if train is None:
-                save_state(out_dir, STAGE, cfg, model, optimizer, progress)
+                save_state(out_dir, STAGE, cfg, model, optimization, progress)
                 stop.exit(progress)
             seconds = time.perf_counter() - start
-            metrics = evaluate(model, test_images, device, cfg.precision)
-            is_best = progress.record_epoch(metrics["loss"], model, metrics)
-            record = {"epoch": progress.epoch, "step": progress.step, "train_loss": train["loss"],
-                      "train_recon": train["recon"], **{f"val_{k}": v for k, v in metrics.items()},
+            val, test = (evaluate(model, images[split], device, cfg.precision) for split in ("val", "test"))
+            reported = {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
+            is_best = progress.record_epoch(val["mse"], model, reported)
+            record = {"epoch": progress.epoch, "step": progress.step, "lr": optimization.scheduler.get_last_lr()[0],
+                      "train_loss": train["loss"], "train_recon": train["recon"], **reported,
                       "seconds": seconds, "img_per_s": images_left / seconds, "processes": world}
             if distributed.is_main():
                 append_jsonl(out_dir / METRICS, record)
-                save_preview(model, test_images, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
-            save_state(out_dir, STAGE, cfg, model, optimizer, progress)
-            say(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(metrics)}  "
-                f"({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")
+                save_preview(model, images["test"], out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
+            save_state(out_dir, STAGE, cfg, model, optimization, progress)
+            say(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(val)}  "
+                f"test {format_metrics(test)}  ({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")
     path = finish(out_dir, STAGE, cfg, progress)
-    say(f"best epoch {progress.best_epoch} (val loss {progress.best_metric:.4f}) -> {path}")
+    best = progress.best_metrics
+    say(f"best epoch {progress.best_epoch} by validation MSE ({best['val_mse']:.5f}): test PSNR "
+        f"{best['test_psnr']:.2f} dB, MSE {best['test_mse']:.5f}, {best['test_codes_used']} codes used -> {path}")
     say(f"logs and pictures in {out_dir}/ (metrics.jsonl, config.json, recon_epoch*.png)")
 
 

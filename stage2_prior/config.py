@@ -1,9 +1,13 @@
 """Stage-2 configuration: one dataclass, turned into flags by `tools.cli` and saved in every checkpoint.
 
 Fields marked `cli=False` are not flags: they are read from the encoded dataset's meta.json.
+`--size` picks the capacity by name; `--hidden-channels` and `--layers` override its numbers.
 """
 
 from dataclasses import dataclass, field
+
+# name: (hidden_channels, layers)
+SIZES = {"small": (64, 6), "base": (128, 8), "large": (192, 12)}
 
 
 def opt(default, help, **extra):
@@ -20,15 +24,26 @@ def derived(default):
 class PriorConfig:
     codes_dir: str = opt("runs/codes", "folder written by stage1_vqvae.encode (train.npy, test.npy, meta.json)")
     out_dir: str = opt("runs/prior", "where checkpoints and logs go")
+    val_size: float = opt(0.1, "for code folders without val.npy (older runs): train maps held out for "
+                               "validation (a fraction below 1, else a count)")
     # model
-    hidden_channels: int = opt(128, "channels of each stack")
-    layers: int = opt(8, "gated layers (the first one is mask A)")
+    size: str = opt("base", "capacity preset: " + ", ".join(f"{k} = {c} channels x {n} layers" for k, (c, n) in SIZES.items()),
+                    choices=list(SIZES))
+    hidden_channels: int | None = opt(None, "channels of each stack (default: from --size)")
+    layers: int | None = opt(None, "gated layers, the first one is mask A (default: from --size)")
     kernel_size: int = opt(3, "odd kernel width of the masked convolutions")
+    dropout: float = opt(0.1, "dropout on the gated outputs of every layer while training")
     class_conditional: bool = opt(False, "condition every gate on the class label")
     # training
     epochs: int = opt(30, "training epochs")
     batch_size: int = opt(128, "code maps per step")
-    lr: float = opt(3e-4, "Adam learning rate")
+    lr: float = opt(3e-4, "peak AdamW learning rate")
+    lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",
+                           choices=["cosine", "constant"])
+    warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
+    weight_decay: float = opt(0.01, "AdamW weight decay (0: plain Adam)")
+    weight_ema: float = opt(0.995, "decay of the moving average of the weights that is evaluated, sampled and "
+                                   "saved (0: use the raw weights)")
     seed: int = opt(0, "seed for initialisation and shuffling")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
     compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
@@ -40,3 +55,8 @@ class PriorConfig:
     num_classes: int = derived(0)
     stage1_checkpoint: str = derived("")
     stage1_sha256: str = derived("")
+
+    def __post_init__(self):
+        channels, layers = SIZES[self.size]
+        self.hidden_channels = channels if self.hidden_channels is None else self.hidden_channels
+        self.layers = layers if self.layers is None else self.layers

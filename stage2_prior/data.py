@@ -1,7 +1,8 @@
 """Encoded code maps for stage 2, checked against the meta.json that stage 1 wrote beside them.
 
 Every problem (missing file, wrong dtype, shape or value range, count mismatch) becomes a UserError
-that names the file, never a traceback or a silently wrong model.
+that names the file, never a traceback or a silently wrong model. Code folders written before the
+validation split existed have no val.npy: `load_splits` then carves one from the train maps.
 """
 
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from tools.cli import UserError
 from tools.files import read_json
+from tools.splits import describe_split, split_validation
 
 META_KEYS = ("codebook_size", "grid_shape", "counts", "num_classes", "stage1_sha256")
 
@@ -61,3 +63,21 @@ def load_codes(codes_dir, split: str, meta: dict):
     if labels.dtype.kind not in "iu" or labels.shape != (codes.shape[0],):
         raise UserError(f"{labels_path}: expected {codes.shape[0]} integer labels, got {labels.dtype} {labels.shape}")
     return torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_splits(codes_dir, meta: dict, val_size: float) -> tuple:
+    """({split: (codes, labels)} for train, val and test; a note when val had to be carved from train)."""
+    splits = {split: load_codes(codes_dir, split, meta) for split in ("train", "test")}
+    if (Path(codes_dir) / "val.npy").exists():
+        splits["val"] = load_codes(codes_dir, "val", meta)
+        return splits, ""
+    if meta.get("train_mirrored"):
+        raise UserError(f"{codes_dir}: val.npy is missing and the train maps are mirrored; re-run stage1_vqvae.encode")
+    codes, labels = splits["train"]
+    train_idx, val_idx = split_validation(labels, val_size)
+    if val_idx.numel() == 0:
+        raise UserError(f"{codes_dir} has no val.npy and --val-size {val_size} leaves no validation maps")
+    splits["train"], splits["val"] = (codes[train_idx], labels[train_idx]), (codes[val_idx], labels[val_idx])
+    note = (f"{codes_dir} has no val.npy (encoded by an older version): validating on "
+            f"{describe_split(val_idx, codes.shape[0])}")
+    return splits, note

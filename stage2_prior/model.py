@@ -5,7 +5,8 @@ positions to its left in the current row, so together they cover everything befo
 order with no blind spot. Causality comes from padding and shifting rather than masking weights:
 the first layer shifts both stacks one step further (it must not see the current code, "mask A").
 Invariant after every layer: vertical features at row i depend on rows < i only; horizontal
-features at (i, j) depend on positions before (i, j) only.
+features at (i, j) depend on positions before (i, j) only. Dropout acts on the gated outputs of both
+stacks while training; it is elementwise, so it cannot break the invariant.
 
 No I/O here: tensors in, tensors and losses out.
 """
@@ -24,8 +25,9 @@ def gate(x: torch.Tensor) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
-    def __init__(self, channels: int, kernel_size: int, first: bool, num_classes: int):
+    def __init__(self, channels: int, kernel_size: int, first: bool, num_classes: int, dropout: float = 0.0):
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.first = first
         self.half = kernel_size // 2
         self.vertical = nn.Conv2d(channels, 2 * channels, (self.half + 1, kernel_size))
@@ -45,10 +47,10 @@ class GatedLayer(nn.Module):
         if self.class_bias is not None:
             bias = self.class_bias(labels)[:, :, None, None]  # (B, 2C, 1, 1)
             v_pre, h_pre = v_pre + bias, h_pre + bias
-        h_out = self.horizontal_out(gate(h_pre))
+        h_out = self.horizontal_out(self.dropout(gate(h_pre)))
         if not self.first:  # the first layer's input is the current code itself: no residual
             h_out = h_out + h
-        return gate(v_pre), h_out
+        return self.dropout(gate(v_pre)), h_out
 
 
 class GatedPixelCNN(nn.Module):
@@ -59,7 +61,8 @@ class GatedPixelCNN(nn.Module):
         num_classes = cfg.num_classes if cfg.class_conditional else 0
         self.embedding = nn.Embedding(cfg.codebook_size, c)
         self.layers = nn.ModuleList(
-            GatedLayer(c, cfg.kernel_size, first=i == 0, num_classes=num_classes) for i in range(cfg.layers)
+            GatedLayer(c, cfg.kernel_size, first=i == 0, num_classes=num_classes, dropout=cfg.dropout)
+            for i in range(cfg.layers)
         )
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, cfg.codebook_size, 1))
 
@@ -109,7 +112,16 @@ class GatedPixelCNN(nn.Module):
 
         By default only what a new code can change is recomputed (`stage2_prior.sampling`); `naive=True`
         runs one full forward pass per position instead (the reference the fast path is tested against).
+        Dropout is off while sampling, whatever mode the model is in.
         """
+        was_training = self.training
+        self.eval()
+        try:
+            return self._sample(n, labels, temperature, top_k, generator, naive)
+        finally:
+            self.train(was_training)
+
+    def _sample(self, n, labels, temperature, top_k, generator, naive) -> torch.Tensor:
         device = self.embedding.weight.device
         labels = self._check_labels(labels, n, device)
         if not naive:

@@ -1,10 +1,13 @@
-"""Train the PixelCNN prior on stage-1 code maps; report test negative log-likelihood in bits per code.
+"""Train the PixelCNN prior on stage-1 code maps; choose the epoch on validation, report test bits per code.
 
     python -m stage2_prior.train --codes-dir runs/codes --out-dir runs/prior   # see --help
 
 Codebook size, grid shape and class count come from CODES_DIR/meta.json, never from flags.
-Writes to --out-dir: config.json, metrics.jsonl (train and test bits per code every epoch), state.pt
-(resume point, every epoch) and, at the end, ckpt.pt (the epoch with the lowest test bits per code).
+The weights that are evaluated and saved are a moving average of the trained ones (--weight-ema).
+Writes to --out-dir: config.json, metrics.jsonl (train, val and test bits per code every epoch, and
+the raw weights' figures beside the average's), state.pt (resume point, every epoch) and, at the
+end, ckpt.pt (the epoch with the lowest validation bits per code). The end of training prints the
+selected epoch's train, validation and test figures and the train/test gap.
 Re-running resumes an interrupted run; a finished run is left alone unless --fresh is given.
 """
 
@@ -18,12 +21,13 @@ from tqdm import tqdm
 
 from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import PriorConfig
-from stage2_prior.data import load_codes, read_meta
+from stage2_prior.data import load_splits, read_meta
 from stage2_prior.model import GatedPixelCNN
 from tools.cli import UserError, build_parser, given_config_values, main_entry
 from tools.files import append_jsonl
 from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
 from tools import distributed
+from tools.optimization import Optimization
 from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             say, write_config)
 
@@ -57,7 +61,7 @@ def labels_or_none(model, labels: torch.Tensor):
 
 
 @torch.no_grad()
-def test_bits_per_code(model: GatedPixelCNN, codes, labels, device, precision: str) -> float:
+def bits_per_code(model: GatedPixelCNN, codes, labels, device, precision: str) -> float:
     """Mean negative log-likelihood over the split, in bits per code."""
     model.eval()
     total = 0.0
@@ -69,7 +73,7 @@ def test_bits_per_code(model: GatedPixelCNN, codes, labels, device, precision: s
     return total / codes.shape[0] / math.log(2)
 
 
-def train_epoch(model, optimizer, codes, labels, cfg: PriorConfig, device, progress, stop) -> float | None:
+def train_epoch(model, optimization, codes, labels, cfg: PriorConfig, device, progress, stop) -> float | None:
     """Train until the end of the current epoch (or a stop signal: then None); returns mean train bits/code."""
     model.train()
     generator = epoch_generator(cfg.seed, progress.epoch, device)
@@ -82,7 +86,7 @@ def train_epoch(model, optimizer, codes, labels, cfg: PriorConfig, device, progr
         picked = order[start:stop_at]
         with autocast(device, cfg.precision):
             _, loss = model(codes[picked], labels_or_none(model, labels[picked]))
-        bits = optimize(loss, model, optimizer, progress) / math.log(2)
+        bits = optimize(loss, model, optimization, progress) / math.log(2)
         bar.set_postfix(bits=f"{bits:.3f}")
         if stop.should_stop(device):
             return None
@@ -113,41 +117,78 @@ def train(given: dict, fresh: bool) -> None:
     device = pick_device(cfg.device)
     configure_backend(device)
     seed_everything(cfg.seed)
-    train_codes, train_labels = (t.to(device) for t in load_codes(cfg.codes_dir, "train", meta))
-    test_codes, test_labels = (t.to(device) for t in load_codes(cfg.codes_dir, "test", meta))
+    splits, carved = load_splits(cfg.codes_dir, meta, cfg.val_size)
+    data = {name: tuple(t.to(device) for t in pair) for name, pair in splits.items()}
     model = GatedPixelCNN(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    progress = restore(state, model, optimizer, out_dir)
+    total_steps = cfg.epochs * distributed.batch_count(data["train"][0].shape[0], cfg.batch_size)
+    optimization = Optimization.build(model, cfg, total_steps, device, cfg.weight_decay, cfg.weight_ema)
+    progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)
     if maybe_compile([model], cfg.compile, device):
         say("compiling the model (the first steps are slower)")
     parallel = distributed.wrap(model, device)
-    world = distributed.world_size()
-    kind = "class-conditional " if cfg.class_conditional else ""
-    say(f"training a {kind}prior on {train_codes.shape[0]} maps of {cfg.grid_height}x{cfg.grid_width} codes "
-        f"(K={cfg.codebook_size}; uniform = {math.log2(cfg.codebook_size):.2f} bits/code), device {device}"
-        + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
+    announce(cfg, data, carved, device)
     with StopSignal() as stop:
         while progress.epoch < cfg.epochs:
-            start, maps_left = time.perf_counter(), train_codes.shape[0] - progress.batch * cfg.batch_size * world
-            train_bits = train_epoch(parallel, optimizer, train_codes, train_labels, cfg, device, progress, stop)
-            if train_bits is None:
-                save_state(out_dir, STAGE, cfg, model, optimizer, progress)
-                stop.exit(progress)
-            seconds = time.perf_counter() - start
-            test_bits = test_bits_per_code(model, test_codes, test_labels, device, cfg.precision)
-            is_best = progress.record_epoch(test_bits, model, {"test_bits_per_code": test_bits})
-            if distributed.is_main():
-                append_jsonl(out_dir / METRICS, {"epoch": progress.epoch, "step": progress.step,
-                                                 "train_bits_per_code": train_bits, "test_bits_per_code": test_bits,
-                                                 "seconds": seconds, "maps_per_s": maps_left / seconds,
-                                                 "processes": world})
-            save_state(out_dir, STAGE, cfg, model, optimizer, progress)
-            say(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}  test {test_bits:.3f} bits/code  "
-                f"({maps_left / seconds:.0f} maps/s){'  *best' if is_best else ''}")
+            train_epoch_and_log(parallel, model, optimization, data, cfg, device, progress, stop)
     path = finish(out_dir, STAGE, cfg, progress)
-    say(f"best epoch {progress.best_epoch} (test {progress.best_metric:.3f} bits/code) -> {path}")
-    say(f"logs in {out_dir}/ (metrics.jsonl, config.json)")
+    report_selected(cfg, progress, data, device, path)
+
+
+def announce(cfg: PriorConfig, data: dict, carved: str, device) -> None:
+    """Say what is being trained on what."""
+    world = distributed.world_size()
+    if carved:
+        say(carved)
+    kind = "class-conditional " if cfg.class_conditional else ""
+    counts = ", ".join(f"{data[split][0].shape[0]} {split}" for split in ("train", "val", "test"))
+    say(f"training a {kind}prior ({cfg.hidden_channels} channels x {cfg.layers} layers) on {counts} maps of "
+        f"{cfg.grid_height}x{cfg.grid_width} codes (K={cfg.codebook_size}; uniform = {math.log2(cfg.codebook_size):.2f} "
+        f"bits/code), device {device}"
+        + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
+
+
+def evaluate_splits(model, data: dict, cfg: PriorConfig, device, prefix: str = "") -> dict:
+    """{prefix + 'val_bits_per_code': ..., prefix + 'test_bits_per_code': ...} for `model`."""
+    return {f"{prefix}{split}_bits_per_code": bits_per_code(model, *data[split], device, cfg.precision)
+            for split in ("val", "test")}
+
+
+def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progress, stop) -> None:
+    """One epoch, then validation and test figures, the best-so-far update, the log line and the saved state."""
+    out_dir, world = Path(cfg.out_dir), distributed.world_size()
+    start, maps_left = time.perf_counter(), data["train"][0].shape[0] - progress.batch * cfg.batch_size * world
+    train_bits = train_epoch(parallel, optimization, *data["train"], cfg, device, progress, stop)
+    if train_bits is None:
+        save_state(out_dir, STAGE, cfg, model, optimization, progress)
+        stop.exit(progress)
+    seconds = time.perf_counter() - start
+    evaluated = optimization.averaged(model)
+    figures = evaluate_splits(evaluated, data, cfg, device)
+    if evaluated is not model:  # the raw weights' figures show what the average gains
+        figures.update(evaluate_splits(model, data, cfg, device, prefix="raw_"))
+    is_best = progress.record_epoch(figures["val_bits_per_code"], evaluated, figures)
+    if distributed.is_main():
+        append_jsonl(out_dir / METRICS, {"epoch": progress.epoch, "step": progress.step,
+                                         "lr": optimization.scheduler.get_last_lr()[0],
+                                         "train_bits_per_code": train_bits, **figures, "seconds": seconds,
+                                         "maps_per_s": maps_left / seconds, "processes": world})
+    save_state(out_dir, STAGE, cfg, model, optimization, progress)
+    say(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}  val {figures['val_bits_per_code']:.3f}  "
+        f"test {figures['test_bits_per_code']:.3f} bits/code  ({maps_left / seconds:.0f} maps/s)"
+        f"{'  *best' if is_best else ''}")
+
+
+def report_selected(cfg: PriorConfig, progress, data: dict, device, path: Path) -> None:
+    """Print the selected epoch's figures, with the train/test gap measured on the saved weights."""
+    model = GatedPixelCNN(cfg).to(device)
+    model.load_state_dict(progress.best_model)
+    train_bits = bits_per_code(model, *data["train"], device, cfg.precision)
+    best = progress.best_metrics
+    say(f"selected epoch {progress.best_epoch} (lowest validation bits/code): train {train_bits:.3f}  "
+        f"val {best['val_bits_per_code']:.3f}  test {best['test_bits_per_code']:.3f} bits/code; "
+        f"train/test gap {best['test_bits_per_code'] - train_bits:.3f} -> {path}")
+    say(f"logs in {cfg.out_dir}/ (metrics.jsonl, config.json)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from stage1_vqvae.data import make_shapes  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage1_vqvae.train import train_epoch  # noqa: E402
 from tools import distributed  # noqa: E402
+from tools.optimization import Optimization  # noqa: E402
 from tools.training import Progress, StopSignal  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main():
                       quantizer=args.quantizer, dead_code_threshold=40.0, precision="fp32", device="cpu")
     images = make_shapes(512, seed=0).images
     model = VQVAE(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimization = Optimization.build(model, cfg, cfg.epochs * distributed.batch_count(len(images), cfg.batch_size), device)
     parallel = distributed.wrap(model, device)
     progress = Progress()
     if args.die_rank == distributed.rank():
@@ -45,9 +46,9 @@ def main():
         model.register_forward_pre_hook(lambda *_: steps.append(1) or (len(steps) == 3 and os.kill(os.getpid(), signal.SIGKILL)))
     with StopSignal() as stop:
         while progress.epoch < cfg.epochs:
-            train_epoch(parallel, optimizer, images, cfg, device, progress, stop)
+            train_epoch(parallel, optimization, images, cfg, device, progress, stop)
             progress.record_epoch(0.0, model, {})
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": progress.step,
+    state = {"model": model.state_dict(), "optimizer": optimization.optimizer.state_dict(), "step": progress.step,
              "reseeded": bool((model.quantizer.usage > 0).all())}
     torch.save(state, Path(args.out) / f"rank{distributed.rank()}.pt")
     distributed.teardown()

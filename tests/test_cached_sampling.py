@@ -34,3 +34,11 @@ def test_cached_logits_match_full_forward_in_float32():
     greedy = model.sample(8, temperature=0.0)
     logits, _ = model(greedy)
     assert torch.equal(logits.argmax(1), greedy)  # greedy codes are each position's argmax given the earlier ones
+
+
+def test_cached_equals_naive_with_dropout_layers():
+    model = randomized(GatedPixelCNN(tiny_prior_config(dropout=0.5))).double().train()  # sample() turns dropout off
+    for seed in (0, 1):
+        naive = model.sample(6, None, 1.0, None, torch.Generator().manual_seed(seed), naive=True)
+        cached = model.sample(6, None, 1.0, None, torch.Generator().manual_seed(seed))
+        assert torch.equal(naive, cached), f"seed {seed}"

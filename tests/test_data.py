@@ -34,7 +34,8 @@ def test_folder_holds_out_every_tenth_file_per_class_and_resizes(tmp_path):
         for i in range(20):
             write_image(tmp_path / name / f"{i:02d}.png", (48, 40), colour)
     train, test = load_split("folder", tmp_path, "train"), load_split("folder", tmp_path, "test")
-    assert (len(train), len(test)) == (36, 4)
+    assert (len(train), len(test)) == (32, 4)  # 40 files: 4 test, then 10% of the other 36 for validation
+    assert len(load_split("folder", tmp_path, "val")) == 4
     assert train.class_names == ["cats", "dogs"] and train.images.shape[1:] == (3, 32, 32)
     assert torch.equal(test.labels, torch.tensor([0, 0, 1, 1]))
     assert test.images[0, 0].float().mean() == 255 and test.images[-1, 2].float().mean() == 255
@@ -52,7 +53,7 @@ def test_folder_skips_undecodable_images_with_a_warning(tmp_path, capsys):
     for i in range(10):
         write_image(tmp_path / "a" / f"{i}.png", (32, 32), (1, 2, 3))
     (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
-    train = load_split("folder", tmp_path, "train")
+    train = load_split("folder", tmp_path, "train", val_size=0)
     assert len(train) == 9  # 11 files, 1 broken, 1 held out
     assert "broken.png" in capsys.readouterr().err
 

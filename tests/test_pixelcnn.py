@@ -17,8 +17,10 @@ def gradient_of_logits_at(model, i, j, labels):
 
 @pytest.mark.parametrize("class_conditional", [False, True])
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_logits_depend_only_on_earlier_positions_and_all_of_them(class_conditional, kernel_size):
-    model = GatedPixelCNN(tiny_prior_config(class_conditional, kernel_size=kernel_size))
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_logits_depend_only_on_earlier_positions_and_all_of_them(class_conditional, kernel_size, dropout):
+    # in training mode, so dropout is active; it is elementwise and must not open a path to later codes
+    model = GatedPixelCNN(tiny_prior_config(class_conditional, kernel_size=kernel_size, dropout=dropout)).train()
     labels = torch.tensor([0, 2]) if class_conditional else None
     h, w = model.cfg.grid_height, model.cfg.grid_width
     for i in range(h):
@@ -27,6 +29,26 @@ def test_logits_depend_only_on_earlier_positions_and_all_of_them(class_condition
             position = i * w + j
             assert torch.all(grad[position:] == 0), f"({i},{j}) sees itself or a later position"
             assert torch.all(grad[:position] > 0), f"({i},{j}) has a blind spot"
+
+
+def test_dropout_acts_in_training_and_is_off_in_eval():
+    model = GatedPixelCNN(tiny_prior_config(dropout=0.3))
+    codes = torch.randint(0, 16, (4, 4, 4))
+    model.train()
+    assert not torch.equal(model.logits(codes), model.logits(codes))
+    model.eval()
+    assert torch.equal(model.logits(codes), model.logits(codes))
+    without = GatedPixelCNN(tiny_prior_config(dropout=0.0)).eval()
+    without.load_state_dict(model.state_dict())  # dropout adds no weights: checkpoints stay interchangeable
+    assert torch.equal(without.logits(codes), model.logits(codes))
+
+
+def test_sampling_ignores_dropout_and_keeps_the_mode():
+    model = GatedPixelCNN(tiny_prior_config(dropout=0.5)).train()
+    a = model.sample(4, generator=torch.Generator().manual_seed(0))
+    assert model.training
+    b = model.eval().sample(4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
 
 
 def test_class_label_changes_the_logits():

@@ -14,6 +14,7 @@ import torch
 from tests.conftest import ROOT
 from tools.cli import UserError
 from tools.files import TMP_PREFIX, save_checkpoint
+from tools.optimization import Optimization
 from tools.training import Progress, optimize, prepare_run, trim_metrics
 from stage1_vqvae.config import VQVAEConfig
 
@@ -97,6 +98,16 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, uninterrupted, st
         assert torch.equal(expected[name], got[name]), name  # bitwise: CPU kernels are deterministic
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+    assert_same_schedule_and_average(reference[stage] / "state.pt", tmp_path / "run" / "state.pt")
+
+
+def assert_same_schedule_and_average(expected_path, got_path):
+    """The learning-rate schedule and the weight average (stage 2) ended where the uninterrupted run's did."""
+    expected, got = (torch.load(path, weights_only=True) for path in (expected_path, got_path))
+    assert expected["scheduler"] == got["scheduler"] and got["scheduler"]["last_epoch"] > 0
+    assert ("ema" in expected) == ("ema" in got)
+    for name, value in expected.get("ema", {}).items():
+        assert torch.equal(value, got["ema"][name]), name
 
 
 @pytest.mark.slow
@@ -134,10 +145,9 @@ def test_stale_temporaries_are_removed_at_the_next_start(tmp_path):
 def test_nan_loss_stops_before_stepping():
     model = torch.nn.Linear(2, 1)
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = model(torch.tensor([[float("nan"), 1.0]])).sum()
     with pytest.raises(UserError, match="loss became nan"):
-        optimize(loss, model, optimizer, Progress())
+        optimize(loss, model, Optimization.build(model, VQVAEConfig(), 10, torch.device("cpu")), Progress())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -145,9 +155,9 @@ def test_infinite_gradient_stops_before_stepping():
     model = torch.nn.Linear(2, 1)
     model.weight.register_hook(lambda grad: grad * float("inf"))
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimization = Optimization.build(model, VQVAEConfig(), 10, torch.device("cpu"))
     with pytest.raises(UserError, match="gradient became"):
-        optimize(model(torch.ones(1, 2)).sum(), model, optimizer, Progress())
+        optimize(model(torch.ones(1, 2)).sum(), model, optimization, Progress())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

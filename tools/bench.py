@@ -29,6 +29,7 @@ from stage2_prior.model import GatedPixelCNN
 from tools.cli import main_entry
 from tools.files import write_json
 from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, resolve_precision
+from tools.optimization import Optimization
 from tools.training import Progress, optimize
 
 BATCH = 128
@@ -93,6 +94,12 @@ def stage1_steps(model, optimizer, batches, device, precision, steps: int):
     return work
 
 
+def default_optimization(model, cfg, device) -> Optimization:
+    """The stage's default optimizer, schedule and (stage 2) weight average, as training builds them."""
+    extra = dict(weight_decay=cfg.weight_decay, ema_decay=cfg.weight_ema) if isinstance(cfg, PriorConfig) else {}
+    return Optimization.build(model, cfg, 10**6, device, **extra)
+
+
 def endless(make_iterator):
     while True:
         yield from make_iterator()
@@ -102,7 +109,7 @@ def bench_stage1_resident(images_u8, device, args, compile_setting) -> float:
     cfg = VQVAEConfig()
     model = VQVAE(cfg).to(device).train()
     maybe_compile([model.encoder, model.decoder], compile_setting, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    optimizer = default_optimization(model, cfg, device)
     resident = images_u8.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     batches = endless(lambda: train_batches(resident, BATCH, generator))
@@ -131,7 +138,7 @@ def bench_stage1_baseline(images_u8, device, args) -> float:
     """Same model and optimizer steps, fed by a DataLoader with per-image transforms, in fp32."""
     cfg = VQVAEConfig()
     model = VQVAE(cfg).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = Optimization.build(model, cfg, 10**6, torch.device("cpu"))  # unfused, as the textbook has it
     loader = DataLoader(PILImages(images_u8), batch_size=BATCH, shuffle=True, num_workers=0,
                         pin_memory=device.type == "cuda", drop_last=True)
     batches = endless(lambda: (x.to(device, non_blocking=True) for x, _ in loader))
@@ -157,7 +164,7 @@ def bench_prior_training(device, args, compile_setting) -> float:
     cfg = PriorConfig()
     model = GatedPixelCNN(cfg).to(device).train()
     maybe_compile([model], compile_setting, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    optimizer = default_optimization(model, cfg, device)
     codes = torch.randint(0, cfg.codebook_size, (BATCH * 8, cfg.grid_height, cfg.grid_width), device=device)
     progress = Progress()
 

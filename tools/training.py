@@ -5,7 +5,8 @@ to resume: rewritten after every epoch and when SIGINT/SIGTERM stops the run mid
 training has finished, `ckpt.pt` (the best epoch's weights). `ckpt.pt` appearing means "this stage is
 done", which is what the Makefile relies on. A resumed run continues at the exact step it stopped at:
 each epoch's data order comes from a generator seeded by (seed, epoch), and the global RNG, model,
-optimizer and running sums are restored, so on CPU it ends bitwise equal to an uninterrupted run.
+optimizer, learning-rate schedule, weight average and running sums are restored, so on CPU it ends
+bitwise equal to an uninterrupted run.
 """
 
 import dataclasses
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from tools import distributed
 from tools.cli import UserError, config_from
 from tools.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
+from tools.optimization import Optimization
 
 CKPT = "ckpt.pt"
 STATE = "state.pt"
@@ -91,13 +92,14 @@ def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
 
 
-def optimize(loss: torch.Tensor, model: torch.nn.Module, optimizer, progress: Progress, **logged) -> float:
+def optimize(loss: torch.Tensor, model: torch.nn.Module, optimization: Optimization, progress: Progress,
+             **logged) -> float:
     """Backward and step, adding the loss (and `logged` scalars) to the epoch's sums; returns the loss.
 
     Stops with a message, before stepping, on a non-finite loss or gradient. The loss, the gradient
     norm and the logged values reach the host in one transfer: one synchronisation per step.
     """
-    optimizer.zero_grad(set_to_none=True)
+    optimization.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
     loss_value, grad_value, *logged_values = torch.stack(
@@ -108,7 +110,7 @@ def optimize(loss: torch.Tensor, model: torch.nn.Module, optimizer, progress: Pr
         raise UserError(f"the loss became {loss_value} at {where}; {advice}")
     if not math.isfinite(grad_value):
         raise UserError(f"a gradient became {grad_value} at {where}; {advice}")
-    optimizer.step()
+    optimization.step(distributed.unwrap(model))
     progress.step += 1
     progress.batch += 1
     progress.add(loss=loss_value, **dict(zip(logged, logged_values)))
@@ -162,13 +164,16 @@ def trim_metrics(path: Path, epochs: int) -> None:
             tmp.write_text("".join(line + "\n" for line in kept))
 
 
-def restore(state, model, optimizer, out_dir: Path) -> Progress:
-    """Load a resume state into model, optimizer and RNG, and say so; a fresh Progress when there is none."""
+def restore(state, model, optimization: Optimization, out_dir: Path) -> Progress:
+    """Load a resume state into model, optimization and RNG, and say so; a fresh Progress when there is none."""
     if state is None:
         return Progress()
+    if "scheduler" not in state:
+        raise UserError("state.pt was written by an older version without a learning-rate schedule; "
+                        "finish that run with the older version, or start over with --fresh")
     try:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimization.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"cannot resume: the saved state does not fit this model ({err}); use --fresh") from None
     torch.set_rng_state(state["rng"]["torch"])
@@ -180,14 +185,14 @@ def restore(state, model, optimizer, out_dir: Path) -> Progress:
     return progress
 
 
-def save_state(out_dir: Path, stage: str, config, model, optimizer, progress: Progress) -> None:
+def save_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress) -> None:
     """Write (rank 0) everything needed to resume from this step; all ranks wait for the write."""
     if distributed.is_main():
-        _write_state(out_dir, stage, config, model, optimizer, progress)
+        _write_state(out_dir, stage, config, model, optimization, progress)
     distributed.barrier()
 
 
-def _write_state(out_dir: Path, stage: str, config, model, optimizer, progress: Progress) -> None:
+def _write_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress) -> None:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -196,7 +201,7 @@ def _write_state(out_dir: Path, stage: str, config, model, optimizer, progress: 
         stage,
         dataclasses.asdict(config),
         model.state_dict(),
-        optimizer=optimizer.state_dict(),
+        **optimization.state_dict(),
         progress=dataclasses.asdict(progress),
         rng=rng,
     )

@@ -1,0 +1,72 @@
+"""The optimizer, its learning-rate schedule and the weights' moving average: built, stepped and saved as one.
+
+Both training stages use AdamW (plain Adam when the weight decay is 0) with a per-step schedule from
+`torch.optim.lr_scheduler` (linear warm-up, then cosine decay to 0, or constant), and stage 2 keeps an
+exponential moving average of its weights (`torch.optim.swa_utils`) that it evaluates and saves.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float, schedule: str = "cosine") -> LambdaLR:
+    """Linear warm-up over `warmup_fraction` of the steps, then cosine decay to 0 (or constant), per step."""
+    warmup = round(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        done = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+    return LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Optimization:
+    """What one training step changes besides the weights, saved and resumed together.
+
+    `ema`, when set, is an exponential moving average of the weights (`torch.optim.swa_utils`),
+    updated after every step; the caller evaluates and saves it instead of the raw weights.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    ema: AveragedModel | None = None
+
+    @classmethod
+    def build(cls, model, cfg, total_steps: int, device, weight_decay: float = 0.0, ema_decay: float = 0.0):
+        """AdamW (plain Adam when weight_decay is 0) at cfg.lr with cfg's schedule, and an EMA when ema_decay > 0."""
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=weight_decay,
+                                      fused=device.type == "cuda")
+        scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_fraction, cfg.lr_schedule)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay > 0 else None
+        return cls(optimizer, scheduler, ema)
+
+    def step(self, model) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
+
+    def averaged(self, model):
+        """The model to evaluate and save: the weight average when there is one."""
+        return model if self.ema is None else self.ema.module
+
+    def state_dict(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
