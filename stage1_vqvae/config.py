@@ -38,7 +38,7 @@ class VQVAEConfig:
     # training
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
-    lr: float = opt(2e-4, "peak Adam learning rate")
+    lr: float = opt(2e-3, "peak Adam learning rate (chosen on validation, see BENCHMARKS.md)")
     lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",
                            choices=["cosine", "constant"])
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")

@@ -35,7 +35,7 @@ class PriorConfig:
     dropout: float = opt(0.1, "dropout on the gated outputs of every layer while training")
     class_conditional: bool = opt(False, "condition every gate on the class label")
     # training
-    epochs: int = opt(30, "training epochs")
+    epochs: int = opt(15, "training epochs (over mirrored train maps: as many steps as 30 without)")
     batch_size: int = opt(128, "code maps per step")
     lr: float = opt(3e-4, "peak AdamW learning rate")
     lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",

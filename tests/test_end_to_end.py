@@ -31,20 +31,22 @@ def test_make_sample_runs_every_stage_then_nothing(tmp_path):
     run = tmp_path / "runs"
     make("sample", run)
     for artifact in ["vqvae/ckpt.pt", "vqvae/config.json", "vqvae/metrics.jsonl", "vqvae/recon_epoch001.png",
-                     "codes/train.npy", "codes/test.npy", "codes/train_labels.npy", "codes/test_labels.npy",
+                     "codes/train.npy", "codes/val.npy", "codes/test.npy", "codes/train_labels.npy",
+                     "codes/val_labels.npy", "codes/test_labels.npy",
                      "codes/meta.json", "prior/ckpt.pt", "prior/config.json", "prior/metrics.jsonl",
                      "samples/samples.png", "samples/samples.npy"]:
         assert (run / artifact).is_file(), artifact
 
     meta = json.loads((run / "codes/meta.json").read_text())
     assert meta["codebook_size"] == 32 and meta["grid_shape"] == [8, 8]
-    assert meta["counts"] == {"train": 192, "test": 64} and meta["dataset"] == "shapes"
+    assert meta["counts"] == {"train": 384, "val": 19, "test": 64} and meta["dataset"] == "shapes"  # train mirrored
     train = np.load(run / "codes/train.npy")
-    assert train.shape == (192, 8, 8) and train.dtype == np.uint8 and train.max() < 32
+    assert train.shape == (384, 8, 8) and train.dtype == np.uint8 and train.max() < 32
     samples = np.load(run / "samples/samples.npy")
     assert samples.shape == (6, 8, 8) and samples.max() < 32
     prior_log = [json.loads(line) for line in (run / "prior/metrics.jsonl").read_text().splitlines()]
-    assert 0 < prior_log[-1]["test_bits_per_code"] < 20
+    assert 0 < prior_log[-1]["test_bits_per_code"] < 20 and 0 < prior_log[-1]["val_bits_per_code"] < 20
+    assert json.loads((run / "vqvae/config.json").read_text())["val_split"] == "19 generated shapes, seed 2"
 
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     again = make("sample", run)
@@ -52,7 +54,7 @@ def test_make_sample_runs_every_stage_then_nothing(tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
 
     # Re-encoding with the same checkpoint gives identical files; the same seed gives the same samples.
-    before = {name: (run / "codes" / name).read_bytes() for name in ["train.npy", "test.npy", "meta.json"]}
+    before = {name: (run / "codes" / name).read_bytes() for name in ["train.npy", "val.npy", "test.npy", "meta.json"]}
     first_samples = (run / "samples/samples.npy").read_bytes()
     (run / "codes/meta.json").unlink()
     (run / "samples/samples.png").unlink()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 
 def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float, schedule: str = "cosine") -> LambdaLR:
@@ -26,6 +26,21 @@ def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float, schedule:
         return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
     return LambdaLR(optimizer, factor)
+
+
+def warmed_up_ema(decay: float):
+    """EMA update whose decay grows as min(decay, (1 + n) / (10 + n)) with the update count n.
+
+    A fixed decay keeps the random first weights in the average for ~3 / (1 - decay) steps, which on
+    small datasets is most of the run (measured: 0.6 bits/code worse than the raw weights after 300 steps).
+    """
+
+    def update(averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        n = float(count)
+        d = min(decay, (1 + n) / (10 + n))
+        return averaged * d + current * (1 - d)
+
+    return update
 
 
 @dataclass
@@ -46,7 +61,7 @@ class Optimization:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=weight_decay,
                                       fused=device.type == "cuda")
         scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_fraction, cfg.lr_schedule)
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay > 0 else None
+        ema = AveragedModel(model, avg_fn=warmed_up_ema(ema_decay)) if ema_decay > 0 else None
         return cls(optimizer, scheduler, ema)
 
     def step(self, model) -> None:
