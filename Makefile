@@ -48,7 +48,7 @@ help:
 	@echo "make demo            whole pipeline on built-in shapes data -> runs/demo/samples/samples.png"
 	@echo "make test            run the test suite"
 	@echo "make train-vqvae     stage 1  -> \$$(RUN_DIR)/vqvae/ckpt.pt"
-	@echo "make encode-dataset  codes    -> \$$(RUN_DIR)/codes/{train,test}.npy, meta.json"
+	@echo "make encode-dataset  codes    -> \$$(RUN_DIR)/codes/{train,val,test}.npy, meta.json"
 	@echo "make train-prior     stage 2  -> \$$(RUN_DIR)/prior/ckpt.pt"
 	@echo "make sample          samples  -> \$$(RUN_DIR)/samples/samples.png, samples.npy"
 	@echo "make bench           speed of every stage on this device -> bench.json"

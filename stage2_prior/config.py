@@ -29,8 +29,8 @@ class PriorConfig:
     # model
     size: str = opt("base", "capacity preset: " + ", ".join(f"{k} = {c} channels x {n} layers" for k, (c, n) in SIZES.items()),
                     choices=list(SIZES))
-    hidden_channels: int | None = opt(None, "channels of each stack (default: from --size)")
-    layers: int | None = opt(None, "gated layers, the first one is mask A (default: from --size)")
+    hidden_channels: int | None = opt(None, "channels of each stack (auto: from --size)")
+    layers: int | None = opt(None, "gated layers, the first one is mask A (auto: from --size)")
     kernel_size: int = opt(3, "odd kernel width of the masked convolutions")
     dropout: float = opt(0.1, "dropout on the gated outputs of every layer while training")
     class_conditional: bool = opt(False, "condition every gate on the class label")
@@ -42,8 +42,8 @@ class PriorConfig:
                            choices=["cosine", "constant"])
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     weight_decay: float = opt(0.01, "AdamW weight decay (0: plain Adam)")
-    weight_ema: float = opt(0.995, "decay of the moving average of the weights that is evaluated, sampled and "
-                                   "saved (0: use the raw weights)")
+    weight_ema: float = opt(0.0, "decay of a moving average of the weights to evaluate, sample and save instead "
+                                 "of the raw ones, e.g. 0.995 (0: off; no gain measured with the cosine schedule)")
     seed: int = opt(0, "seed for initialisation and shuffling")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
     compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")

@@ -58,8 +58,8 @@ class Optimization:
     @classmethod
     def build(cls, model, cfg, total_steps: int, device, weight_decay: float = 0.0, ema_decay: float = 0.0):
         """AdamW (plain Adam when weight_decay is 0) at cfg.lr with cfg's schedule, and an EMA when ema_decay > 0."""
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=weight_decay,
-                                      fused=device.type == "cuda")
+        kind = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
+        optimizer = kind(model.parameters(), lr=cfg.lr, weight_decay=weight_decay, fused=device.type == "cuda")
         scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_fraction, cfg.lr_schedule)
         ema = AveragedModel(model, avg_fn=warmed_up_ema(ema_decay)) if ema_decay > 0 else None
         return cls(optimizer, scheduler, ema)
