@@ -38,7 +38,7 @@ ENCODE_DATA := $(if $(call given,DATASET),--dataset $(DATASET)) $(if $(call give
 fresh_if_stale = $(if $(wildcard $@),--fresh)
 
 # The demo: small built-in shapes data, settings sized for about 4 minutes on 2 CPU cores.
-DEMO_VARS := RUN_DIR=runs/demo DATASET=shapes EPOCHS=8 PRIOR_EPOCHS=12 N_SAMPLES=64 \
+DEMO_VARS := RUN_DIR=runs/demo DATASET=shapes EPOCHS=8 PRIOR_EPOCHS=6 N_SAMPLES=64 \
 	VQVAE_ARGS="--shapes-train 4000 --shapes-test 500 --codebook-size 128 --batch-size 64 --lr 5e-4" \
 	PRIOR_ARGS="--hidden-channels 64 --batch-size 64 --lr 1e-3"
 
