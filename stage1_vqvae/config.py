@@ -1,16 +1,8 @@
 """Stage-1 configuration: one dataclass, turned into flags by `tools.cli` and saved in every checkpoint."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-def opt(default, help, **extra):
-    """A config field with its --help text (and optional `choices`)."""
-    return field(default=default, metadata={"help": help, **extra})
-
-
-def derived(default):
-    """A config field the run fills in itself (recorded, never typed by the user)."""
-    return field(default=default, metadata={"cli": False})
+from tools.cli import derived, opt
 
 
 @dataclass

@@ -70,8 +70,7 @@ def load_splits(dataset: str, data_dir: str, splits=SPLITS, shapes_counts=(10000
         loaded["test"] = _load_raw(dataset, Path(data_dir), "test")
     if "train" in splits or "val" in splits:
         pool = _load_raw(dataset, Path(data_dir), "train")
-        if "val" in splits and validation_count(val_size, len(pool)) < 1:
-            raise UserError(f"--val-size {val_size} gives no validation images out of {len(pool)}")
+        validation_count(val_size, len(pool), required="val" in splits)
         train_idx, val_idx = split_validation(pool.labels, val_size)
         loaded["train"] = pool.subset(train_idx)
         loaded["val"] = pool.subset(val_idx, describe_split(val_idx, len(pool)))
@@ -91,9 +90,7 @@ def _load_raw(dataset: str, root: Path, split: str) -> ImageSet:
 def _shapes_split(split: str, shapes_counts, val_size: float) -> ImageSet:
     """Shapes generate each split from its own seed; validation counts relative to the train count."""
     if split == "val":
-        count = validation_count(val_size, shapes_counts[0])
-        if count < 1:
-            raise UserError(f"--val-size {val_size} gives no validation images for {shapes_counts[0]} shapes")
+        count = validation_count(val_size, shapes_counts[0], required=True)
         note = f"{count} generated shapes, seed {SHAPES_SEEDS['val']}"
         return dataclasses.replace(make_shapes(count, SHAPES_SEEDS["val"]), note=note)
     return make_shapes(shapes_counts[0] if split == "train" else shapes_counts[1], seed=SHAPES_SEEDS[split])

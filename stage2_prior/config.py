@@ -4,20 +4,12 @@ Fields marked `cli=False` are not flags: they are read from the encoded dataset'
 `--size` picks the capacity by name; `--hidden-channels` and `--layers` override its numbers.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from tools.cli import derived, opt
 
 # name: (hidden_channels, layers)
 SIZES = {"small": (64, 6), "base": (128, 8), "large": (192, 12)}
-
-
-def opt(default, help, **extra):
-    """A config field with its --help text (and optional `choices`)."""
-    return field(default=default, metadata={"help": help, **extra})
-
-
-def derived(default):
-    """A config field filled from stage 1's meta.json, never typed by the user."""
-    return field(default=default, metadata={"cli": False})
 
 
 @dataclass

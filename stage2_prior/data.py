@@ -12,7 +12,7 @@ import torch
 
 from tools.cli import UserError
 from tools.files import read_json
-from tools.splits import describe_split, split_validation
+from tools.splits import describe_split, split_validation, validation_count
 
 META_KEYS = ("codebook_size", "grid_shape", "counts", "num_classes", "stage1_sha256")
 
@@ -74,9 +74,8 @@ def load_splits(codes_dir, meta: dict, val_size: float) -> tuple:
     if meta.get("train_mirrored"):
         raise UserError(f"{codes_dir}: val.npy is missing and the train maps are mirrored; re-run stage1_vqvae.encode")
     codes, labels = splits["train"]
+    validation_count(val_size, codes.shape[0], required=True)
     train_idx, val_idx = split_validation(labels, val_size)
-    if val_idx.numel() == 0:
-        raise UserError(f"{codes_dir} has no val.npy and --val-size {val_size} leaves no validation maps")
     splits["train"], splits["val"] = (codes[train_idx], labels[train_idx]), (codes[val_idx], labels[val_idx])
     note = (f"{codes_dir} has no val.npy (encoded by an older version): validating on "
             f"{describe_split(val_idx, codes.shape[0])}")

@@ -3,9 +3,9 @@
     python -m stage2_prior.train --codes-dir runs/codes --out-dir runs/prior   # see --help
 
 Codebook size, grid shape and class count come from CODES_DIR/meta.json, never from flags.
-The weights that are evaluated and saved are a moving average of the trained ones (--weight-ema).
+With --weight-ema, a moving average of the weights is what is evaluated and saved.
 Writes to --out-dir: config.json, metrics.jsonl (train, val and test bits per code every epoch, and
-the raw weights' figures beside the average's), state.pt (resume point, every epoch) and, at the
+with --weight-ema the raw weights' figures beside the average's), state.pt (resume point, every epoch) and, at the
 end, ckpt.pt (the epoch with the lowest validation bits per code). The end of training prints the
 selected epoch's train, validation and test figures and the train/test gap.
 Re-running resumes an interrupted run; a finished run is left alone unless --fresh is given.
@@ -121,7 +121,7 @@ def train(given: dict, fresh: bool) -> None:
     data = {name: tuple(t.to(device) for t in pair) for name, pair in splits.items()}
     model = GatedPixelCNN(cfg).to(device)
     total_steps = cfg.epochs * distributed.batch_count(data["train"][0].shape[0], cfg.batch_size)
-    optimization = Optimization.build(model, cfg, total_steps, device, cfg.weight_decay, cfg.weight_ema)
+    optimization = Optimization.build(model, cfg, total_steps, device)
     progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)
     if maybe_compile([model], cfg.compile, device):

@@ -94,12 +94,6 @@ def stage1_steps(model, optimizer, batches, device, precision, steps: int):
     return work
 
 
-def default_optimization(model, cfg, device) -> Optimization:
-    """The stage's default optimizer, schedule and (stage 2) weight average, as training builds them."""
-    extra = dict(weight_decay=cfg.weight_decay, ema_decay=cfg.weight_ema) if isinstance(cfg, PriorConfig) else {}
-    return Optimization.build(model, cfg, 10**6, device, **extra)
-
-
 def endless(make_iterator):
     while True:
         yield from make_iterator()
@@ -109,7 +103,7 @@ def bench_stage1_resident(images_u8, device, args, compile_setting) -> float:
     cfg = VQVAEConfig()
     model = VQVAE(cfg).to(device).train()
     maybe_compile([model.encoder, model.decoder], compile_setting, device)
-    optimizer = default_optimization(model, cfg, device)
+    optimizer = Optimization.build(model, cfg, 10**6, device)
     resident = images_u8.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     batches = endless(lambda: train_batches(resident, BATCH, generator))
@@ -164,7 +158,7 @@ def bench_prior_training(device, args, compile_setting) -> float:
     cfg = PriorConfig()
     model = GatedPixelCNN(cfg).to(device).train()
     maybe_compile([model], compile_setting, device)
-    optimizer = default_optimization(model, cfg, device)
+    optimizer = Optimization.build(model, cfg, 10**6, device)
     codes = torch.randint(0, cfg.codebook_size, (BATCH * 8, cfg.grid_height, cfg.grid_width), device=device)
     progress = Progress()
 

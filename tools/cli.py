@@ -14,6 +14,16 @@ import types
 import typing
 
 
+def opt(default, help, **extra):
+    """A config field that is a flag, with its --help text (and optional `choices`)."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+def derived(default):
+    """A config field that is not a flag: filled in by the run or read from an earlier stage's files."""
+    return dataclasses.field(default=default, metadata={"cli": False})
+
+
 class UserError(Exception):
     """A problem the user can fix (bad input, missing data): printed as one line, no traceback."""
 

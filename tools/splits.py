@@ -13,13 +13,18 @@ from tools.cli import UserError
 SPLIT_SEED = 0  # fixed, not the training --seed: runs with different seeds are selected on the same images
 
 
-def validation_count(size: float, n: int) -> int:
-    """How many of `n` training items `size` asks for: a fraction when below 1, else a count."""
+def validation_count(size: float, n: int, required: bool = False) -> int:
+    """How many of `n` training items `size` asks for: a fraction when below 1, else a count.
+
+    With `required`, a size that gives no validation item at all is an error too.
+    """
     if size < 0:
         raise UserError(f"--val-size must be >= 0, got {size}")
     count = round(size * n) if size < 1 else int(size)
     if count >= n:
         raise UserError(f"--val-size {size} leaves no training items (only {n} available)")
+    if required and count < 1:
+        raise UserError(f"--val-size {size} gives no validation items out of {n}")
     return count
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from tools import distributed
 from tools.cli import UserError, config_from
 from tools.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
