@@ -2,9 +2,9 @@
 
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
-from tools.cli import config_from
-from tools.files import load_checkpoint
-from tools.runtime import pick_device
+from tools.common.cli import config_from
+from tools.common.files import load_checkpoint
+from tools.common.runtime import pick_device
 
 STAGE = "vqvae"
 

@@ -1,8 +1,8 @@
-"""Stage-1 configuration: one dataclass, turned into flags by `tools.cli` and saved in every checkpoint."""
+"""Stage-1 configuration: one dataclass, turned into flags by `tools.common.cli` and saved in every checkpoint."""
 
 from dataclasses import dataclass
 
-from tools.cli import derived, opt
+from tools.common.cli import derived, opt
 
 
 @dataclass

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.data import SPLITS, eval_batches, load_splits
-from tools.cli import main_entry
-from tools.files import atomic_path, remove_stale_temporaries, sha256_file, write_json
-from tools.runtime import autocast, pick_device, progress_disabled
+from tools.common.cli import main_entry
+from tools.common.files import atomic_path, remove_stale_temporaries, sha256_file, write_json
+from tools.common.runtime import autocast, pick_device, progress_disabled
 
 
 def code_dtype(codebook_size: int):

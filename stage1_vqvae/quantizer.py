@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tools.distributed import all_gather_rows, all_reduce_sum_
+from tools.common.distributed import all_gather_rows, all_reduce_sum_
 
 
 class _QuantizerBase(nn.Module):

@@ -23,13 +23,13 @@ from stage1_vqvae.checkpoint import STAGE, load_vqvae
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import eval_batches, load_splits, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
-from tools.cli import UserError, build_parser, config_from, given_config_values, main_entry
-from tools.files import append_jsonl, write_json
-from tools.images import save_comparison
-from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
-from tools import distributed
-from tools.optimization import Optimization
-from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
+from tools.common.cli import UserError, build_parser, config_from, given_config_values, main_entry
+from tools.common.files import append_jsonl, write_json
+from tools.common.images import save_comparison
+from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
+from tools.common import distributed
+from tools.common.optimization import Optimization
+from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             say, write_config)
 
 EVAL_BATCH = 512

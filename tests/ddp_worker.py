@@ -18,9 +18,9 @@ from stage1_vqvae.config import VQVAEConfig  # noqa: E402
 from stage1_vqvae.data import make_shapes  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage1_vqvae.train import train_epoch  # noqa: E402
-from tools import distributed  # noqa: E402
-from tools.optimization import Optimization  # noqa: E402
-from tools.training import Progress, StopSignal  # noqa: E402
+from tools.common import distributed  # noqa: E402
+from tools.common.optimization import Optimization  # noqa: E402
+from tools.common.training import Progress, StopSignal  # noqa: E402
 
 
 def main():

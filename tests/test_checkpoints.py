@@ -11,8 +11,8 @@ from stage1_vqvae.model import VQVAE
 from stage2_prior import load_prior
 from stage2_prior.model import GatedPixelCNN
 from tests.conftest import tiny_prior_config
-from tools.cli import UserError
-from tools.files import load_checkpoint, save_checkpoint
+from tools.common.cli import UserError
+from tools.common.files import load_checkpoint, save_checkpoint
 
 
 def trained_vqvae(cfg):

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import hflip
 
-from stage1_vqvae import data
+from stage1_vqvae import data, sources
 from stage1_vqvae.data import load_split, make_shapes, to_model_range, train_batches
-from tools.cli import UserError
+from tools.common.cli import UserError
 
 
 def test_shapes_are_deterministic_varied_and_labelled():
@@ -126,11 +126,28 @@ def test_folder_decoding_is_cached_until_a_file_changes(tmp_path, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded again although the files did not change")
 
-    monkeypatch.setattr(data, "_decode_files", no_decoding)
+    monkeypatch.setattr(sources, "_decode_files", no_decoding)
     cached = load_split("folder", tmp_path, "train")
     assert torch.equal(cached.images, first.images) and torch.equal(cached.labels, first.labels)
+    with pytest.raises(AssertionError, match="decoded again"):  # another image size is another cache entry
+        load_split("folder", tmp_path, "train", image_size=64)
 
     monkeypatch.undo()
     write_image(tmp_path / "a" / "0.png", (32, 32), (200, 200, 200))
     changed = load_split("folder", tmp_path, "train")
     assert changed.images[0, 0, 0, 0] == 200
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_folder_and_shapes_load_at_any_image_size(tmp_path, size):
+    for i in range(10):
+        write_image(tmp_path / "a" / f"{i}.png", (50 + i, 40), (i, 0, 0))  # not square, not the target size
+    assert load_split("folder", tmp_path, "test", image_size=size).images.shape == (1, 3, size, size)
+    shapes = load_split("shapes", "unused", "train", shapes_counts=(8, 4), image_size=size)
+    assert shapes.images.shape == (8, 3, size, size)
+    assert torch.equal(shapes.labels, make_shapes(8, 0).labels)  # same shapes at every size
+
+
+def test_cifar10_at_another_size_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="32 px"):
+        load_split("cifar10", tmp_path, "test", image_size=64)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tools.cli import UserError
-from tools.files import TMP_PREFIX, save_checkpoint
-from tools.optimization import Optimization
-from tools.training import Progress, optimize, prepare_run, trim_metrics
+from tools.common.cli import UserError
+from tools.common.files import TMP_PREFIX, save_checkpoint
+from tools.common.optimization import Optimization
+from tools.common.training import Progress, optimize, prepare_run, trim_metrics
 from stage1_vqvae.config import VQVAEConfig
 
 STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "512", "--shapes-test", "64",

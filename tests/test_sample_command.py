@@ -11,7 +11,7 @@ from stage1_vqvae.model import VQVAE
 from stage2_prior.model import GatedPixelCNN
 from tests.conftest import tiny_prior_config
 from tools import sample
-from tools.files import save_checkpoint, sha256_file
+from tools.common.files import save_checkpoint, sha256_file
 
 
 def make_checkpoints(tmp_path, class_conditional=False):

@@ -26,11 +26,11 @@ from stage1_vqvae.data import make_shapes, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
-from tools.cli import main_entry
-from tools.files import write_json
-from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, resolve_precision
-from tools.optimization import Optimization
-from tools.training import Progress, optimize
+from tools.common.cli import main_entry
+from tools.common.files import write_json
+from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, resolve_precision
+from tools.common.optimization import Optimization
+from tools.common.training import Progress, optimize
 
 BATCH = 128
 SAMPLE_BATCH = 64

@@ -17,10 +17,10 @@ from tqdm import tqdm
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.encode import code_dtype, save_array
 from stage2_prior.checkpoint import load_prior
-from tools.cli import UserError, main_entry
-from tools.files import remove_stale_temporaries, sha256_file
-from tools.images import save_grid
-from tools.runtime import pick_device, progress_disabled
+from tools.common.cli import UserError, main_entry
+from tools.common.files import remove_stale_temporaries, sha256_file
+from tools.common.images import save_grid
+from tools.common.runtime import pick_device, progress_disabled
 
 
 def parse_args(argv):

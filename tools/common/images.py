@@ -6,7 +6,7 @@ import torch
 from torchvision.utils import make_grid
 from torchvision.transforms.functional import to_pil_image
 
-from tools.files import atomic_path
+from tools.common.files import atomic_path
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tools.cli import UserError
+from tools.common.cli import UserError
 
 FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-"

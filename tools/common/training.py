@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from tools import distributed
-from tools.cli import UserError, config_from
-from tools.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
-from tools.optimization import Optimization
+from tools.common import distributed
+from tools.common.cli import UserError, config_from
+from tools.common.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
+from tools.common.optimization import Optimization
 
 CKPT = "ckpt.pt"
 STATE = "state.pt"
