@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from tools.common.cli import derived, opt
+from tools.common.cli import UserError, derived, opt
 
 
 @dataclass
@@ -15,8 +15,14 @@ class VQVAEConfig:
     val_size: float = opt(0.1, "validation images taken out of the train images (a fraction below 1, else a "
                                "count; shapes generate their own); the best epoch is chosen on them")
     out_dir: str = opt("runs/vqvae", "where checkpoints, logs and pictures go")
+    image_size: int = opt(32, "image side in pixels (folder and shapes; folder images are resized and "
+                              "center-cropped to it); the downsampling must divide it")
     # model
-    codebook_size: int = opt(512, "K, number of code vectors")
+    downsample: int = opt(4, "image pixels per code per side: the code grid is image_size / downsample",
+                          choices=[4, 8])
+    levels: int = opt(1, "code levels: 1, or 2 (VQ-VAE-2: a top grid at half the bottom one's side)", choices=[1, 2])
+    codebook_size: int = opt(512, "K, number of code vectors (of the bottom level with --levels 2)")
+    top_codebook_size: int | None = opt(None, "K of the top level with --levels 2 (default: --codebook-size)")
     embed_dim: int = opt(64, "D, size of each code vector")
     hidden_channels: int = opt(128, "width of the encoder/decoder at the latent resolution")
     res_blocks: int = opt(2, "residual blocks in the encoder and in the decoder")
@@ -40,3 +46,23 @@ class VQVAEConfig:
     precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32", choices=["auto", "fp32", "bf16"])
     # recorded by the run
     val_split: str = derived("")  # how the validation images were chosen, with a fingerprint
+
+    def __post_init__(self):
+        if self.top_codebook_size is None:
+            self.top_codebook_size = self.codebook_size
+        grid, top = self.image_size // self.downsample, self.image_size // (self.downsample * 2 ** (self.levels - 1))
+        if self.image_size % self.downsample or (self.levels == 2 and grid % 2) or top < 1:
+            raise UserError(f"--image-size {self.image_size} cannot be split into "
+                            f"{'two levels of ' if self.levels == 2 else ''}codes with --downsample {self.downsample}: "
+                            f"use a multiple of {self.downsample * 2 ** (self.levels - 1)}")
+
+    @property
+    def grid_shapes(self) -> list:
+        """(height, width) of each level's code grid, top level first."""
+        bottom = self.image_size // self.downsample
+        return [(bottom // 2, bottom // 2), (bottom, bottom)][2 - self.levels :]
+
+    @property
+    def codebook_sizes(self) -> list:
+        """Codebook size of each level, top level first."""
+        return [self.top_codebook_size, self.codebook_size][2 - self.levels :]

@@ -1,18 +1,21 @@
-"""Encode a dataset with a trained VQ-VAE into 8x8 code maps for stage 2.
+"""Encode a dataset with a trained VQ-VAE into code maps for stage 2.
 
     python -m stage1_vqvae.encode --ckpt runs/vqvae/ckpt.pt --out-dir runs/codes
 
-Writes train.npy, val.npy and test.npy ((N, 8, 8) integer maps, the smallest unsigned dtype that holds
+Writes train.npy, val.npy and test.npy ((N, H, W) integer maps, the smallest unsigned dtype that holds
 the codebook), their *_labels.npy, and meta.json last (codebook size, grid shape, counts, dataset, the
-validation split, and the sha256 of the stage-1 checkpoint). The validation split is the one stage 1
-chose its epoch on. The train split also gets the code maps of its left-right mirrored images
-(`--mirror-train`, on by default: the encoder is not mirror-equivariant, so these are new, valid maps
-for the prior); val and test are never augmented. Deterministic: re-encoding with the same checkpoint
+validation split, and the sha256 of the stage-1 checkpoint). A two-level model writes one file per
+level and split instead (train_top.npy, train_bottom.npy, ...); meta.json's `levels` lists each level's
+grid shape, codebook size, dtype and file names (top level first) for one level and two alike.
+The validation split is the one stage 1 chose its epoch on. The train split also gets the code maps
+of its left-right mirrored images (`--mirror-train`, on by default: the encoder is not
+mirror-equivariant, so these are new, valid maps for the prior); val and test are never augmented. Deterministic: re-encoding with the same checkpoint
 gives identical files. Each array is written as it is computed, to a temporary file that is renamed
 into place when complete.
 """
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -49,27 +52,44 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-@torch.no_grad()
-def encode_to_file(model, images: torch.Tensor, path: Path, batch_size: int, device, dtype, desc: str,
-                   mirror: bool = False) -> tuple:
-    """Encode uint8 images (N, 3, 32, 32) batch by batch straight into an .npy file; returns the grid shape.
+def level_files(split: str, levels: int) -> list:
+    """Code file names of a split, top level first: 'train.npy', or 'train_top.npy', 'train_bottom.npy'."""
+    return [f"{split}.npy"] if levels == 1 else [f"{split}_top.npy", f"{split}_bottom.npy"]
 
-    With `mirror`, the file holds 2N maps: the N images, then the same N images flipped left-right.
+
+@torch.no_grad()
+def encode_to_files(model, images: torch.Tensor, paths: list, batch_size: int, device, desc: str,
+                    mirror: bool = False) -> None:
+    """Encode uint8 images (N, 3, S, S) batch by batch straight into one .npy file per level.
+
+    With `mirror`, each file holds 2N maps: the N images, then the same N images flipped left-right.
     """
-    n, h, w = images.shape[0], images.shape[-2] // 4, images.shape[-1] // 4
+    cfg, n = model.cfg, images.shape[0]
     passes = (False, True) if mirror else (False,)
-    with atomic_path(path) as tmp:
-        codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n * len(passes), h, w))
+    with contextlib.ExitStack() as stack:
+        temporaries = [stack.enter_context(atomic_path(path)) for path in paths]
+        files = [np.lib.format.open_memmap(tmp, mode="w+", dtype=code_dtype(k), shape=(n * len(passes), *grid))
+                 for tmp, k, grid in zip(temporaries, cfg.codebook_sizes, cfg.grid_shapes)]
         bar = tqdm(total=len(passes) * -(-n // batch_size), desc=desc, unit="batch", disable=progress_disabled())
         for offset, flip in zip(range(0, len(passes) * n, n), passes):
             for start, x in zip(range(offset, offset + n, batch_size), eval_batches(images, batch_size, device)):
-                with autocast(device, model.cfg.precision):
-                    codes[start : start + x.shape[0]] = model.encode(x.flip(3) if flip else x).cpu().numpy().astype(dtype)
+                with autocast(device, cfg.precision):
+                    codes = model.encode(x.flip(3) if flip else x)
+                for file, level_codes in zip(files, codes if model.levels > 1 else (codes,)):
+                    file[start : start + x.shape[0]] = level_codes.cpu().numpy()
                 bar.update()
         bar.close()
-        codes.flush()
-        del codes
-    return (h, w)
+        for file in files:
+            file.flush()
+        del files
+
+
+def level_meta(cfg) -> list:
+    """meta.json's description of each level, top level first."""
+    names = ["codes"] if cfg.levels == 1 else ["top", "bottom"]
+    return [{"name": name, "codebook_size": k, "grid_shape": list(grid), "dtype": np.dtype(code_dtype(k)).name,
+             "files": {split: level_files(split, cfg.levels)[i] for split in SPLITS}}
+            for i, (name, k, grid) in enumerate(zip(names, cfg.codebook_sizes, cfg.grid_shapes))]
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -88,21 +108,21 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    dtype = code_dtype(cfg.codebook_size)
-    sets = load_splits(dataset, data_dir, SPLITS, (cfg.shapes_train, cfg.shapes_test), cfg.val_size)
+    sets = load_splits(dataset, data_dir, SPLITS, (cfg.shapes_train, cfg.shapes_test), cfg.val_size, cfg.image_size)
     warn_if_split_moved(cfg, dataset, data_dir, sets["val"].note)
     counts = {}
     for split, data in sets.items():
         mirror = args.mirror_train and split == "train"
-        grid = encode_to_file(model, data.images, out_dir / f"{split}.npy", args.batch_size, device, dtype,
-                              f"encoding {split}" + (" (and mirrored)" if mirror else ""), mirror)
+        encode_to_files(model, data.images, [out_dir / f for f in level_files(split, cfg.levels)], args.batch_size,
+                        device, f"encoding {split}" + (" (and mirrored)" if mirror else ""), mirror)
         labels = data.labels.repeat(2) if mirror else data.labels
         save_array(out_dir / f"{split}_labels.npy", labels.numpy().astype(np.int64))
         counts[split] = labels.shape[0]
+    levels = level_meta(cfg)
     meta = {
-        "codebook_size": cfg.codebook_size,
-        "grid_shape": list(grid),
-        "dtype": np.dtype(dtype).name,
+        **({k: levels[0][k] for k in ("codebook_size", "grid_shape", "dtype")} if cfg.levels == 1 else {}),
+        "levels": levels,
+        "image_size": cfg.image_size,
         "counts": counts,
         "dataset": dataset,
         "data_dir": str(data_dir),
@@ -115,9 +135,11 @@ def main(argv=None):
     }
     write_json(out_dir / "meta.json", meta)
     mirrored = " (half of them mirrored)" if args.mirror_train else ""
-    print(f"encoded {counts['train']} train{mirrored}, {counts['val']} val and {counts['test']} test maps of "
-          f"{grid[0]}x{grid[1]} codes (K={cfg.codebook_size}, {meta['dtype']}) -> {out_dir}/ "
-          "(train.npy, val.npy, test.npy, *_labels.npy, meta.json)")
+    described = " + ".join(f"{lv['name']} {lv['grid_shape'][0]}x{lv['grid_shape'][1]} (K={lv['codebook_size']}, "
+                           f"{lv['dtype']})" for lv in levels)
+    files = ", ".join(f for split in SPLITS for f in level_files(split, cfg.levels))
+    print(f"encoded {counts['train']} train{mirrored}, {counts['val']} val and {counts['test']} test images into "
+          f"{described} -> {out_dir}/ ({files}, *_labels.npy, meta.json)")
 
 
 def warn_if_split_moved(cfg, dataset: str, data_dir: str, note: str) -> None:

@@ -1,7 +1,15 @@
-"""The VQ-VAE: conv encoder -> vector quantizer -> conv decoder (32x32 images <-> 8x8 code maps).
+"""The VQ-VAE: conv encoder -> vector quantizer -> conv decoder, with one or two levels of codes.
 
-No I/O here: tensors in, tensors and losses out. Images are float in [-1, 1].
+One level: S x S images <-> one (S/d) x (S/d) map of codes (d = `downsample`, 4 or 8).
+Two levels (VQ-VAE-2, arXiv:1906.00446): the bottom encoder's features are encoded once more to a top
+grid at half the side; the top is quantized first, decoded back to the bottom grid and joined to the
+bottom features before those are quantized; the decoder sees both quantized levels.
+
+No I/O here: tensors in, tensors and losses out. Images are float in [-1, 1]. Code maps are long
+tensors (B, H, W); with two levels, a tuple (top, bottom).
 """
+
+import math
 
 import torch
 import torch.nn as nn
@@ -24,72 +32,121 @@ class ResidualBlock(nn.Module):
 
 
 def make_encoder(cfg: VQVAEConfig) -> nn.Sequential:
-    """(B, 3, 32, 32) -> (B, D, 8, 8)."""
+    """(B, 3, S, S) -> (B, D, S/d, S/d): log2(d) stride-2 convolutions, then residual blocks."""
     c = cfg.hidden_channels
-    return nn.Sequential(
-        nn.Conv2d(3, c // 2, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(c // 2, c, 4, stride=2, padding=1),
-        nn.ReLU(),
-        *[ResidualBlock(c) for _ in range(cfg.res_blocks)],
-        nn.ReLU(),
-        nn.Conv2d(c, cfg.embed_dim, 1),
-    )
+    widths = [3, c // 2] + [c] * (int(math.log2(cfg.downsample)) - 1)
+    down = [m for i in range(len(widths) - 1) for m in (nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1), nn.ReLU())]
+    return nn.Sequential(*down, *[ResidualBlock(c) for _ in range(cfg.res_blocks)], nn.ReLU(), nn.Conv2d(c, cfg.embed_dim, 1))
 
 
-def make_decoder(cfg: VQVAEConfig) -> nn.Sequential:
-    """(B, D, 8, 8) -> (B, 3, 32, 32) in [-1, 1]."""
+def make_decoder(cfg: VQVAEConfig, in_channels: int) -> nn.Sequential:
+    """(B, in_channels, S/d, S/d) -> (B, 3, S, S) in [-1, 1]."""
     c = cfg.hidden_channels
-    return nn.Sequential(
-        nn.Conv2d(cfg.embed_dim, c, 3, padding=1),
-        *[ResidualBlock(c) for _ in range(cfg.res_blocks)],
-        nn.ReLU(),
-        nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.ConvTranspose2d(c // 2, 3, 4, stride=2, padding=1),
-        nn.Tanh(),
-    )
+    widths = [c] * (int(math.log2(cfg.downsample)) - 1) + [c // 2, 3]
+    up = [m for i in range(len(widths) - 1) for m in (nn.ReLU(), nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1))]
+    return nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1), *[ResidualBlock(c) for _ in range(cfg.res_blocks)],
+                         *up, nn.Tanh())
 
 
-def make_quantizer(cfg: VQVAEConfig) -> nn.Module:
+def make_quantizer(cfg: VQVAEConfig, codebook_size: int) -> nn.Module:
     """The quantizer named by `cfg.quantizer`."""
     common = dict(beta=cfg.beta, dead_code_threshold=cfg.dead_code_threshold)
     if cfg.quantizer == "ema":
-        return EMAVectorQuantizer(cfg.codebook_size, cfg.embed_dim, decay=cfg.ema_decay, **common)
+        return EMAVectorQuantizer(codebook_size, cfg.embed_dim, decay=cfg.ema_decay, **common)
     if cfg.quantizer == "codebook":
-        return VectorQuantizer(cfg.codebook_size, cfg.embed_dim, **common)
+        return VectorQuantizer(codebook_size, cfg.embed_dim, **common)
     raise ValueError(f"unknown quantizer {cfg.quantizer!r}")
+
+
+class TopLevel(nn.Module):
+    """The top level of a two-level VQ-VAE: encode bottom features to the half-size grid, quantize, decode back."""
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        c, d = cfg.hidden_channels, cfg.embed_dim
+        blocks = lambda: [ResidualBlock(c) for _ in range(cfg.res_blocks)]  # noqa: E731
+        self.encoder = nn.Sequential(nn.Conv2d(d, c, 4, 2, 1), *blocks(), nn.ReLU(), nn.Conv2d(c, d, 1))
+        self.quantizer = make_quantizer(cfg, cfg.top_codebook_size)
+        self.decoder = nn.Sequential(nn.Conv2d(d, c, 3, padding=1), *blocks(), nn.ReLU(), nn.ConvTranspose2d(c, d, 4, 2, 1))
+        self.join = nn.Conv2d(2 * d, d, 1)  # bottom features + decoded top -> what the bottom quantizer sees
+        self.upsample = nn.ConvTranspose2d(d, d, 4, 2, 1)  # quantized top -> bottom grid, for the image decoder
+
+    def bottom_input(self, features: torch.Tensor, top_quantized: torch.Tensor) -> torch.Tensor:
+        return self.join(torch.cat([features, self.decoder(top_quantized)], dim=1))
 
 
 class VQVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         self.cfg = cfg
+        self.levels = cfg.levels
         self.encoder = make_encoder(cfg)
-        self.quantizer = make_quantizer(cfg)
-        self.decoder = make_decoder(cfg)
+        self.quantizer = make_quantizer(cfg, cfg.codebook_size)  # the bottom level's with two levels
+        self.top = TopLevel(cfg) if cfg.levels == 2 else None
+        self.decoder = make_decoder(cfg, cfg.embed_dim * cfg.levels)
+
+    @property
+    def quantizers(self) -> list:
+        """Each level's quantizer, top level first."""
+        return [self.quantizer] if self.top is None else [self.top.quantizer, self.quantizer]
 
     def forward(self, x: torch.Tensor):
-        """(B, 3, 32, 32) -> (reconstruction, total loss, {"recon", "vq", "indices"})."""
-        quantized, vq_loss, indices = self.quantizer(self.encoder(x))
-        x_hat = self.decoder(quantized)
+        """(B, 3, S, S) -> (reconstruction, total loss, {"recon", "vq", "indices", "level_indices"}).
+
+        "indices" are the bottom level's; "level_indices" has every level's, top level first.
+        """
+        features = self.encoder(x)
+        if self.top is None:
+            quantized, vq_loss, indices = self.quantizer(features)
+            level_indices, decoder_input = (indices,), quantized
+        else:
+            top_q, top_loss, top_indices = self.top.quantizer(self.top.encoder(features))
+            quantized, bottom_loss, indices = self.quantizer(self.top.bottom_input(features, top_q))
+            vq_loss, level_indices = top_loss + bottom_loss, (top_indices, indices)
+            decoder_input = torch.cat([quantized, self.top.upsample(top_q)], dim=1)
+        x_hat = self.decoder(decoder_input)
         recon = reconstruction_loss(x_hat.float(), x.float(), self.cfg.recon_loss)
-        return x_hat, recon + vq_loss, {"recon": recon, "vq": vq_loss, "indices": indices}
+        return x_hat, recon + vq_loss, {"recon": recon, "vq": vq_loss, "indices": indices, "level_indices": level_indices}
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, 32, 32) in [-1, 1] -> code indices (B, 8, 8), long."""
-        z_e = self.encoder(x)  # (B, D, 8, 8)
-        with torch.autocast(device_type=z_e.device.type, enabled=False):
-            flat = z_e.float().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
-            indices = self.quantizer.nearest_codes(flat)
-        return indices.view(z_e.shape[0], z_e.shape[2], z_e.shape[3])
+    def encode(self, x: torch.Tensor):
+        """Images (B, 3, S, S) in [-1, 1] -> code map (B, H, W), long; with two levels a tuple (top, bottom)."""
+        features = self.encoder(x)
+        if self.top is None:
+            return nearest_code_map(self.quantizer, features)
+        top = nearest_code_map(self.top.quantizer, self.top.encoder(features))
+        top_q = self.top.quantizer.embed_code(top).permute(0, 3, 1, 2).to(features.dtype)
+        return top, nearest_code_map(self.quantizer, self.top.bottom_input(features, top_q))
 
     @torch.no_grad()
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, 8, 8) -> images (B, 3, 32, 32) in [-1, 1]."""
-        quantized = self.quantizer.embed_code(indices.long()).permute(0, 3, 1, 2)  # (B, D, 8, 8)
-        return self.decoder(quantized.contiguous()).float()
+    def decode_indices(self, codes) -> torch.Tensor:
+        """Code map (B, H, W), or the tuple (top, bottom) with two levels -> images (B, 3, S, S) in [-1, 1]."""
+        codes = check_levels(codes, self.levels)
+        quantized = [q.embed_code(c.long()).permute(0, 3, 1, 2) for q, c in zip(self.quantizers, codes)]
+        if self.top is None:
+            return self.decoder(quantized[0].contiguous()).float()
+        return self.decoder(torch.cat([quantized[1], self.top.upsample(quantized[0])], dim=1)).float()
+
+
+def check_levels(codes, levels: int) -> tuple:
+    """`codes` as a tuple of one map per level, or a ValueError that says which form this model takes."""
+    if levels == 1:
+        if isinstance(codes, (tuple, list)):
+            if len(codes) != 1:
+                raise ValueError("this VQ-VAE has one level: pass one (B, H, W) code map")
+            return tuple(codes)
+        return (codes,)
+    if not isinstance(codes, (tuple, list)) or len(codes) != levels:
+        raise ValueError(f"this VQ-VAE has {levels} levels: pass a tuple of {levels} code maps, top level first")
+    return tuple(codes)
+
+
+def nearest_code_map(quantizer, z: torch.Tensor) -> torch.Tensor:
+    """Encoder output (B, D, H, W) -> nearest code indices (B, H, W), distances in fp32."""
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        indices = quantizer.nearest_codes(flat)
+    return indices.view(z.shape[0], z.shape[2], z.shape[3])
 
 
 def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:

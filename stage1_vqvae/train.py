@@ -33,6 +33,7 @@ from tools.common.training import (METRICS, StopSignal, epoch_generator, finish,
                             say, write_config)
 
 EVAL_BATCH = 512
+LEVEL_NAMES = ("top", "bottom")
 PREVIEW_IMAGES = 16
 
 
@@ -46,7 +47,8 @@ def parse_args(argv):
 
 def load_data(cfg: VQVAEConfig, device: torch.device, splits=("train", "val", "test")) -> tuple:
     """({split: resident uint8 images on `device`}, how the validation split was made)."""
-    sets = load_splits(cfg.dataset, cfg.data_dir, splits, (cfg.shapes_train, cfg.shapes_test), cfg.val_size)
+    sets = load_splits(cfg.dataset, cfg.data_dir, splits, (cfg.shapes_train, cfg.shapes_test), cfg.val_size,
+                       cfg.image_size)
     note = sets["val"].note if "val" in sets else ""
     return {name: data.images.to(device) for name, data in sets.items()}, note
 
@@ -66,10 +68,14 @@ def psnr(mse_unit_range: float) -> float:
 
 @torch.no_grad()
 def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict:
-    """Held-out loss, MSE and PSNR on the [0, 1] scale, perplexity and codes used over the whole split."""
+    """Held-out loss, MSE and PSNR on the [0, 1] scale, perplexity and codes used over the whole split.
+
+    With two levels, codes_used_top/bottom and perplexity_top/bottom are given too; codes_used and
+    perplexity are the bottom level's.
+    """
     model.eval()
     totals = {"loss": 0.0, "recon": 0.0, "mse": 0.0}
-    counts = torch.zeros(model.cfg.codebook_size, device=device)
+    counts = [torch.zeros(k, device=device) for k in model.cfg.codebook_sizes]
     for x in eval_batches(images, EVAL_BATCH, device):
         with autocast(device, precision):
             x_hat, loss, parts = model(x)
@@ -77,13 +83,22 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
         totals["loss"] += loss.item() * n
         totals["recon"] += parts["recon"].item() * n
         totals["mse"] += torch.mean(((x_hat.float() - x) / 2) ** 2).item() * n  # /2: [-1,1] -> [0,1] scale
-        counts += torch.bincount(parts["indices"].flatten(), minlength=model.cfg.codebook_size)
+        for level_counts, indices in zip(counts, parts["level_indices"]):
+            level_counts += torch.bincount(indices.flatten(), minlength=level_counts.shape[0])
     metrics = {k: v / images.shape[0] for k, v in totals.items()}
-    p = counts / counts.sum()
     metrics["psnr"] = psnr(metrics["mse"])
-    metrics["perplexity"] = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
-    metrics["codes_used"] = int((counts > 0).sum().item())
+    for name, level_counts in zip(LEVEL_NAMES[2 - model.levels :], counts):
+        suffix = f"_{name}" if model.levels > 1 else ""
+        metrics[f"perplexity{suffix}"], metrics[f"codes_used{suffix}"] = usage(level_counts)
+    if model.levels > 1:
+        metrics["perplexity"], metrics["codes_used"] = metrics["perplexity_bottom"], metrics["codes_used_bottom"]
     return metrics
+
+
+def usage(counts: torch.Tensor) -> tuple:
+    """(perplexity, codes used) of a histogram of code counts."""
+    p = counts / counts.sum()
+    return math.exp(-(p[p > 0] * p[p > 0].log()).sum().item()), int((counts > 0).sum().item())
 
 
 def train_epoch(model, optimization, images, cfg, device, progress, stop) -> dict | None:
@@ -117,7 +132,7 @@ def run_eval_only(args, given: dict) -> None:
     ckpt_path = Path(args.ckpt) if args.ckpt else out_dir / "ckpt.pt"
     device = pick_device(given.get("device", "auto"))
     model = load_vqvae(ckpt_path, device)
-    data_flags = {k: v for k, v in given.items() if k in ("dataset", "data_dir", "shapes_train", "shapes_test")}
+    data_flags = {k: v for k, v in given.items() if k in ("dataset", "data_dir", "shapes_train", "shapes_test", "image_size")}
     cfg = config_from(VQVAEConfig, {**vars(model.cfg), **data_flags})
     test_images = load_data(cfg, device, ("test",))[0]["test"]
     metrics = evaluate(model, test_images, device, given.get("precision", cfg.precision))
@@ -128,12 +143,28 @@ def run_eval_only(args, given: dict) -> None:
     print(f"wrote {out_dir / 'eval_recon.png'} and {out_dir / 'eval.json'}")
 
 
+def format_usage(m: dict, perplexity: bool = False) -> str:
+    """Codes used (and perplexity) per level: 'codes used 500', or 'codes used top 240 bottom 500'."""
+    suffixes = [f"_{n}" for n in LEVEL_NAMES if f"codes_used_{n}" in m] or [""]
+    label = lambda suffix: suffix[1:] + " " if suffix else ""  # noqa: E731
+    text = "codes used " + " ".join(f"{label(x)}{m['codes_used' + x]}" for x in suffixes)
+    if perplexity:
+        text = "perplexity " + " ".join(f"{label(x)}{m['perplexity' + x]:.1f}" for x in suffixes) + "  " + text
+    return text
+
+
+def levels_text(cfg: VQVAEConfig) -> str:
+    """'8x8 codes' or 'top 4x4 + bottom 8x8 codes'."""
+    grids = [f"{h}x{w}" for h, w in cfg.grid_shapes]
+    return f"{grids[0]} codes" if cfg.levels == 1 else f"top {grids[0]} + bottom {grids[1]} codes"
+
+
 def format_metrics(m: dict) -> str:
-    return f"MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  codes used {m['codes_used']}"
+    return f"MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  {format_usage(m)}"
 
 
 def format_all_metrics(m: dict) -> str:
-    return f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  perplexity {m['perplexity']:.1f}  codes used {m['codes_used']}"
+    return f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  {format_usage(m, perplexity=True)}"
 
 
 @main_entry
@@ -169,7 +200,7 @@ def train(given: dict, fresh: bool) -> None:
         say("compiling the encoder and decoder (the first steps are slower)")
     parallel = distributed.wrap(model, device)
     world = distributed.world_size()
-    say(f"training on {images['train'].shape[0]} {cfg.dataset} images, choosing the epoch on {images['val'].shape[0]} "
+    say(f"training on {images['train'].shape[0]} {cfg.dataset} images ({cfg.image_size} px, {levels_text(cfg)}), choosing the epoch on {images['val'].shape[0]} "
         f"validation images, testing on {images['test'].shape[0]}, device {device}"
         + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
     with StopSignal() as stop:
@@ -195,7 +226,8 @@ def train(given: dict, fresh: bool) -> None:
     path = finish(out_dir, STAGE, cfg, progress)
     best = progress.best_metrics
     say(f"best epoch {progress.best_epoch} by validation MSE ({best['val_mse']:.5f}): test PSNR "
-        f"{best['test_psnr']:.2f} dB, MSE {best['test_mse']:.5f}, {best['test_codes_used']} codes used -> {path}")
+        f"{best['test_psnr']:.2f} dB, MSE {best['test_mse']:.5f}, "
+        f"{format_usage({k[5:]: v for k, v in best.items() if k.startswith('test_')})} -> {path}")
     say(f"logs and pictures in {out_dir}/ (metrics.jsonl, config.json, recon_epoch*.png)")
 
 
