@@ -1,18 +1,22 @@
 """Load a trained prior from its checkpoint alone (the config travels inside it)."""
 
 from stage2_prior.config import PriorConfig
-from stage2_prior.model import GatedPixelCNN
-from tools.cli import config_from
-from tools.files import load_checkpoint
-from tools.runtime import pick_device
+from stage2_prior.hierarchy import build_prior
+from tools.common.cli import config_from
+from tools.common.files import load_checkpoint
+from tools.common.runtime import pick_device
 
 STAGE = "prior"
 
 
-def load_prior(path, device="cpu") -> GatedPixelCNN:
-    """The PixelCNN prior saved at `path`, on `device` ('auto' allowed), in eval mode."""
+def load_prior(path, device="cpu"):
+    """The prior saved at `path`, on `device` ('auto' allowed), in eval mode.
+
+    A GatedPixelCNN for one level of codes; for two levels a HierarchicalPrior, whose `sample` returns and
+    whose `log_prob` takes a tuple (top, bottom) of code maps.
+    """
     device = pick_device(str(device))
     ckpt = load_checkpoint(path, STAGE)
-    model = GatedPixelCNN(config_from(PriorConfig, ckpt["config"]))
+    model = build_prior(config_from(PriorConfig, ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()

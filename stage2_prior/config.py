@@ -1,4 +1,4 @@
-"""Stage-2 configuration: one dataclass, turned into flags by `tools.cli` and saved in every checkpoint.
+"""Stage-2 configuration: one dataclass, turned into flags by `tools.common.cli` and saved in every checkpoint.
 
 Fields marked `cli=False` are not flags: they are read from the encoded dataset's meta.json.
 `--size` picks the capacity by name; `--hidden-channels` and `--layers` override its numbers.
@@ -6,7 +6,7 @@ Fields marked `cli=False` are not flags: they are read from the encoded dataset'
 
 from dataclasses import dataclass
 
-from tools.cli import derived, opt
+from tools.common.cli import derived, opt
 
 # name: (hidden_channels, layers)
 SIZES = {"small": (64, 6), "base": (128, 8), "large": (192, 12)}
@@ -45,6 +45,11 @@ class PriorConfig:
     grid_height: int = derived(8)
     grid_width: int = derived(8)
     num_classes: int = derived(0)
+    levels: int = derived(1)  # 2: a top prior and a bottom prior conditioned on the top codes
+    top_codebook_size: int = derived(0)
+    top_grid_height: int = derived(0)
+    top_grid_width: int = derived(0)
+    condition_codebook_size: int = derived(0)  # >0: conditioned on a map of codes with this codebook (the top's)
     stage1_checkpoint: str = derived("")
     stage1_sha256: str = derived("")
 

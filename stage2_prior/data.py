@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.cli import UserError
-from tools.files import read_json
-from tools.splits import describe_split, split_validation, validation_count
+from tools.common.cli import UserError
+from tools.common.files import read_json
+from tools.common.splits import describe_split, split_validation, validation_count
 
-META_KEYS = ("codebook_size", "grid_shape", "counts", "num_classes", "stage1_sha256")
+META_KEYS = ("counts", "num_classes", "stage1_sha256")
+LEVEL_KEYS = ("codebook_size", "grid_shape")
 
 
 def read_meta(codes_dir) -> dict:
@@ -22,9 +23,35 @@ def read_meta(codes_dir) -> dict:
     path = Path(codes_dir) / "meta.json"
     meta = read_json(path, "code metadata (run stage1_vqvae.encode first)")
     missing = [k for k in META_KEYS if k not in meta]
+    missing += [k for spec in level_specs(meta) for k in (*LEVEL_KEYS, "files") if k not in spec]
     if missing:
-        raise UserError(f"{path}: missing {', '.join(missing)}; re-run stage1_vqvae.encode")
+        raise UserError(f"{path}: missing {', '.join(sorted(set(missing)))}; re-run stage1_vqvae.encode")
     return meta
+
+
+def level_specs(meta: dict) -> list:
+    """Each level's {name, codebook_size, grid_shape, files}, top level first.
+
+    meta.json written before levels existed describes its one level with top-level keys and split.npy files.
+    """
+    if "levels" in meta:
+        return meta["levels"]
+    spec = {"name": "codes", "files": {split: f"{split}.npy" for split in ("train", "val", "test")}}
+    return [{**spec, **{k: meta[k] for k in LEVEL_KEYS if k in meta}}]
+
+
+def take(codes, index):
+    """Rows `index` of a split's codes: one (N, H, W) tensor, or a tuple of them (one per level)."""
+    return tuple(level[index] for level in codes) if isinstance(codes, tuple) else codes[index]
+
+
+def count(codes) -> int:
+    """Number of maps (of images) in a split's codes."""
+    return (codes[0] if isinstance(codes, tuple) else codes).shape[0]
+
+
+def to_device(codes, device):
+    return tuple(level.to(device) for level in codes) if isinstance(codes, tuple) else codes.to(device)
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -39,9 +66,9 @@ def _load_array(path: Path) -> np.ndarray:
         raise UserError(f"{path}: not a readable .npy file ({err})") from None
 
 
-def check_codes(codes: np.ndarray, meta: dict, path) -> None:
-    """Raise a UserError unless `codes` are integer maps of meta's grid shape with values in [0, K)."""
-    k, grid = meta["codebook_size"], tuple(meta["grid_shape"])
+def check_codes(codes: np.ndarray, spec: dict, path) -> None:
+    """Raise a UserError unless `codes` are integer maps of the level's grid shape with values in [0, K)."""
+    k, grid = spec["codebook_size"], tuple(spec["grid_shape"])
     if codes.dtype.kind not in "iu":
         raise UserError(f"{path}: codes must be integers, got dtype {codes.dtype}")
     if codes.ndim != 3 or codes.shape[1:] != grid:
@@ -50,28 +77,37 @@ def check_codes(codes: np.ndarray, meta: dict, path) -> None:
         raise UserError(f"{path}: code values must lie in [0, {k}), found [{codes.min()}, {codes.max()}]")
 
 
-def load_codes(codes_dir, split: str, meta: dict):
-    """(codes (N, H, W) long, labels (N,) long) of one split, validated against `meta`."""
-    codes_dir = Path(codes_dir)
-    path, labels_path = codes_dir / f"{split}.npy", codes_dir / f"{split}_labels.npy"
+def load_level(codes_dir: Path, split: str, spec: dict, expected: int | None) -> torch.Tensor:
+    """One level's maps of one split, (N, H, W) long, validated against its description in meta.json."""
+    path = codes_dir / spec["files"][split]
     codes = _load_array(path)
-    check_codes(codes, meta, path)
-    expected = meta["counts"].get(split)
+    check_codes(codes, spec, path)
     if expected is not None and codes.shape[0] != expected:
         raise UserError(f"{path}: {codes.shape[0]} maps, but meta.json says {expected}; re-run stage1_vqvae.encode")
+    return torch.from_numpy(codes.astype(np.int64))
+
+
+def load_codes(codes_dir, split: str, meta: dict):
+    """(codes, labels (N,) long) of one split: codes are (N, H, W) long, a tuple of them (top first) for two levels."""
+    codes_dir = Path(codes_dir)
+    levels = [load_level(codes_dir, split, spec, meta["counts"].get(split)) for spec in level_specs(meta)]
+    n = levels[0].shape[0]
+    if any(level.shape[0] != n for level in levels):
+        raise UserError(f"{codes_dir}: the levels of the {split} split hold different numbers of maps; re-run stage1_vqvae.encode")
+    labels_path = codes_dir / f"{split}_labels.npy"
     labels = _load_array(labels_path)
-    if labels.dtype.kind not in "iu" or labels.shape != (codes.shape[0],):
-        raise UserError(f"{labels_path}: expected {codes.shape[0]} integer labels, got {labels.dtype} {labels.shape}")
-    return torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
+    if labels.dtype.kind not in "iu" or labels.shape != (n,):
+        raise UserError(f"{labels_path}: expected {n} integer labels, got {labels.dtype} {labels.shape}")
+    return (levels[0] if len(levels) == 1 else tuple(levels)), torch.from_numpy(labels.astype(np.int64))
 
 
 def load_splits(codes_dir, meta: dict, val_size: float) -> tuple:
     """({split: (codes, labels)} for train, val and test; a note when val had to be carved from train)."""
     splits = {split: load_codes(codes_dir, split, meta) for split in ("train", "test")}
-    if (Path(codes_dir) / "val.npy").exists():
+    if (Path(codes_dir) / level_specs(meta)[0]["files"].get("val", "val.npy")).exists():
         splits["val"] = load_codes(codes_dir, "val", meta)
         return splits, ""
-    if meta.get("train_mirrored"):
+    if meta.get("train_mirrored") or len(level_specs(meta)) > 1:
         raise UserError(f"{codes_dir}: val.npy is missing and the train maps are mirrored; re-run stage1_vqvae.encode")
     codes, labels = splits["train"]
     validation_count(val_size, codes.shape[0], required=True)

@@ -8,6 +8,10 @@ Invariant after every layer: vertical features at row i depend on rows < i only;
 features at (i, j) depend on positions before (i, j) only. Dropout acts on the gated outputs of both
 stacks while training; it is elementwise, so it cannot break the invariant.
 
+A prior can be conditioned on a class label and, as the bottom prior of a two-level model is, on a
+whole map of codes (`cond`, the top level): both enter every gate as biases (`stage2_prior.layers`),
+so the bottom prior sees every top code and only the earlier bottom codes.
+
 No I/O here: tensors in, tensors and losses out.
 """
 
@@ -16,41 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stage2_prior.config import PriorConfig
-
-
-def gate(x: torch.Tensor) -> torch.Tensor:
-    """tanh(a) * sigmoid(b) over the two halves of the channels."""
-    a, b = x.chunk(2, dim=1)
-    return torch.tanh(a) * torch.sigmoid(b)
-
-
-class GatedLayer(nn.Module):
-    def __init__(self, channels: int, kernel_size: int, first: bool, num_classes: int, dropout: float = 0.0):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.first = first
-        self.half = kernel_size // 2
-        self.vertical = nn.Conv2d(channels, 2 * channels, (self.half + 1, kernel_size))
-        self.horizontal = nn.Conv2d(channels, 2 * channels, (1, self.half + 1))
-        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.horizontal_out = nn.Conv2d(channels, channels, 1)
-        self.class_bias = nn.Embedding(num_classes, 2 * channels) if num_classes else None
-
-    def forward(self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor | None):
-        height, width = v.shape[-2:]
-        shift = 1 if self.first else 0
-        # Vertical: output row i covers input rows i-half-shift .. i-shift (all columns within half).
-        v_pre = self.vertical(F.pad(v, (self.half, self.half, self.half + shift, 0)))[:, :, :height]
-        # Horizontal: output (i, j) covers input (i, j-half-shift .. j-shift).
-        h_pre = self.horizontal(F.pad(h, (self.half + shift, 0, 0, 0)))[..., :width]
-        h_pre = h_pre + self.vertical_to_horizontal(v_pre)
-        if self.class_bias is not None:
-            bias = self.class_bias(labels)[:, :, None, None]  # (B, 2C, 1, 1)
-            v_pre, h_pre = v_pre + bias, h_pre + bias
-        h_out = self.horizontal_out(self.dropout(gate(h_pre)))
-        if not self.first:  # the first layer's input is the current code itself: no residual
-            h_out = h_out + h
-        return self.dropout(gate(v_pre)), h_out
+from stage2_prior.layers import GatedLayer, MapConditioner, draw
+from stage2_prior.sampling import sample_cached
 
 
 class GatedPixelCNN(nn.Module):
@@ -60,10 +31,14 @@ class GatedPixelCNN(nn.Module):
         c = cfg.hidden_channels
         num_classes = cfg.num_classes if cfg.class_conditional else 0
         self.embedding = nn.Embedding(cfg.codebook_size, c)
+        conditioned = cfg.condition_codebook_size > 0
         self.layers = nn.ModuleList(
-            GatedLayer(c, cfg.kernel_size, first=i == 0, num_classes=num_classes, dropout=cfg.dropout)
+            GatedLayer(c, cfg.kernel_size, first=i == 0, num_classes=num_classes, dropout=cfg.dropout,
+                       conditioned=conditioned)
             for i in range(cfg.layers)
         )
+        grid = (cfg.grid_height, cfg.grid_width)
+        self.conditioner = MapConditioner(cfg.condition_codebook_size, c, grid) if conditioned else None
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, cfg.codebook_size, 1))
 
     def _check_labels(self, labels, batch: int, device) -> torch.Tensor | None:
@@ -83,31 +58,46 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"labels must be in [0, {self.cfg.num_classes})")
         return labels
 
-    def logits_from_embedded(self, x: torch.Tensor, labels=None) -> torch.Tensor:
+    def condition_features(self, cond, batch: int) -> torch.Tensor | None:
+        """Conditioning-map codes (B, Hc, Wc) -> features on this prior's grid; None when not conditioned."""
+        if self.conditioner is None:
+            if cond is not None:
+                raise ValueError("this prior is not conditioned on a code map: pass cond=None")
+            return None
+        if cond is None or cond.dim() != 3 or cond.shape[0] != batch:
+            raise ValueError(f"this prior is conditioned on a map of codes: pass cond as a ({batch}, H, W) long tensor")
+        return self.conditioner(cond.long())
+
+    def layer_biases(self, labels, cond, batch: int, device) -> list:
+        """What each layer adds inside its gates, from the class labels and the conditioning map."""
+        labels = self._check_labels(labels, batch, device)
+        features = self.condition_features(cond, batch)
+        return [layer.bias(labels, features) for layer in self.layers]
+
+    def logits_from_embedded(self, x: torch.Tensor, labels=None, cond=None) -> torch.Tensor:
         """Embedded codes (B, C, H, W) -> logits (B, K, H, W); exposed so tests can take gradients."""
-        labels = self._check_labels(labels, x.shape[0], x.device)
         v = h = x
-        for layer in self.layers:
-            v, h = layer(v, h, labels)
+        for layer, bias in zip(self.layers, self.layer_biases(labels, cond, x.shape[0], x.device)):
+            v, h = layer(v, h, bias)
         return self.head(h)
 
-    def logits(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+    def logits(self, codes: torch.Tensor, labels=None, cond=None) -> torch.Tensor:
         """Codes (B, H, W) long -> logits (B, K, H, W)."""
-        return self.logits_from_embedded(self.embedding(codes).permute(0, 3, 1, 2), labels)
+        return self.logits_from_embedded(self.embedding(codes).permute(0, 3, 1, 2), labels, cond)
 
-    def forward(self, codes: torch.Tensor, labels=None):
+    def forward(self, codes: torch.Tensor, labels=None, cond=None):
         """Codes (B, H, W) long -> (logits (B, K, H, W), mean cross-entropy in nats)."""
-        logits = self.logits(codes, labels)
+        logits = self.logits(codes, labels, cond)
         return logits, F.cross_entropy(logits.float(), codes)
 
-    def log_prob(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+    def log_prob(self, codes: torch.Tensor, labels=None, cond=None) -> torch.Tensor:
         """Log-likelihood of each code map (B, H, W), in nats: (B,)."""
-        logits = self.logits(codes.long(), labels)
+        logits = self.logits(codes.long(), labels, cond)
         return -F.cross_entropy(logits.float(), codes.long(), reduction="none").sum(dim=(1, 2))
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-               generator: torch.Generator | None = None, naive: bool = False) -> torch.Tensor:
+               generator: torch.Generator | None = None, naive: bool = False, cond=None) -> torch.Tensor:
         """Draw `n` code maps (n, H, W) in raster order.
 
         By default only what a new code can change is recomputed (`stage2_prior.sampling`); `naive=True`
@@ -117,33 +107,17 @@ class GatedPixelCNN(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self._sample(n, labels, temperature, top_k, generator, naive)
+            return self._sample(n, labels, temperature, top_k, generator, naive, cond)
         finally:
             self.train(was_training)
 
-    def _sample(self, n, labels, temperature, top_k, generator, naive) -> torch.Tensor:
+    def _sample(self, n, labels, temperature, top_k, generator, naive, cond) -> torch.Tensor:
         device = self.embedding.weight.device
-        labels = self._check_labels(labels, n, device)
         if not naive:
-            from stage2_prior.sampling import sample_cached
-
-            return sample_cached(self, n, labels, temperature, top_k, generator)
+            return sample_cached(self, n, self.layer_biases(labels, cond, n, device), temperature, top_k, generator)
         codes = torch.zeros(n, self.cfg.grid_height, self.cfg.grid_width, dtype=torch.long, device=device)
         for i in range(self.cfg.grid_height):
             for j in range(self.cfg.grid_width):
-                logits = self.logits(codes, labels)
+                logits = self.logits(codes, labels, cond)
                 codes[:, i, j] = draw(logits[:, :, i, j], temperature, top_k, generator)
         return codes
-
-
-def draw(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
-    """One index per row of `logits` (B, K): temperature 0 is greedy; top_k keeps the k most likely."""
-    logits = logits.float()
-    if temperature <= 0:
-        return logits.argmax(dim=1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[1]:
-        kth = torch.topk(logits, top_k, dim=1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)

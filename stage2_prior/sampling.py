@@ -12,7 +12,7 @@ that falls within about 1e-6 of a probability boundary; the tests compare in flo
 import torch
 import torch.nn.functional as F
 
-from stage2_prior.model import GatedPixelCNN, draw, gate
+from stage2_prior.layers import draw, gate
 
 
 class _LayerCache:
@@ -57,15 +57,19 @@ def _linear_1x1(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_cached(model: GatedPixelCNN, n: int, labels, temperature: float, top_k, generator) -> torch.Tensor:
-    """Draw n code maps (n, H, W); same draws as `model.sample(..., naive=True)` for the same generator."""
+def sample_cached(model, n: int, biases: list, temperature: float, top_k, generator) -> torch.Tensor:
+    """Draw n code maps (n, H, W) from a GatedPixelCNN given each layer's gate bias (`model.layer_biases`).
+
+    Same draws as `model.sample(..., naive=True)` for the same generator.
+    """
     cfg = model.cfg
     height, width, channels = cfg.grid_height, cfg.grid_width, cfg.hidden_channels
     weight = model.embedding.weight
     codes = torch.zeros(n, height, width, dtype=torch.long, device=weight.device)
     caches = [_LayerCache(layer, n, channels, height, width, weight) for layer in model.layers]
-    no_bias = weight.new_zeros(1, 2 * channels)  # adding exact zeros leaves unconditional values unchanged
-    biases = [no_bias if layer.class_bias is None else layer.class_bias(labels) for layer in model.layers]  # (n, 2C)
+    # Every bias as (n, 2C, H, W): class biases and zeros are expanded views (adding exact zeros changes nothing).
+    biases = [weight.new_zeros(1, 2 * channels, 1, 1) if b is None else b for b in biases]
+    biases = [b.expand(n, 2 * channels, height, width) for b in biases]
     head_hidden, head_out = model.head[1], model.head[3]
     for i in range(height):
         to_horizontal = []
@@ -73,12 +77,12 @@ def sample_cached(model: GatedPixelCNN, n: int, labels, temperature: float, top_
             v_pre = cache.vertical_row(i)  # (n, 2C, 1, W)
             to_horizontal.append(cache.layer.vertical_to_horizontal(v_pre)[:, :, 0])  # (n, 2C, W)
             if l + 1 < len(caches):
-                caches[l + 1].write_vertical_input(i, gate(v_pre + biases[l][:, :, None, None])[:, :, 0])
+                caches[l + 1].write_vertical_input(i, gate(v_pre + biases[l][:, :, i : i + 1])[:, :, 0])
             cache.start_row()
         for j in range(width):
             h = None
             for l, cache in enumerate(caches):
-                h_pre = cache.horizontal_at(j) + to_horizontal[l][:, :, j] + biases[l]
+                h_pre = cache.horizontal_at(j) + to_horizontal[l][:, :, j] + biases[l][:, :, i, j]
                 h_out = _linear_1x1(cache.layer.horizontal_out, gate(h_pre))
                 h = h_out if cache.layer.first else h_out + h
                 if l + 1 < len(caches):

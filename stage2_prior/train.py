@@ -21,14 +21,14 @@ from tqdm import tqdm
 
 from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import PriorConfig
-from stage2_prior.data import load_splits, read_meta
-from stage2_prior.model import GatedPixelCNN
-from tools.cli import UserError, build_parser, given_config_values, main_entry
-from tools.files import append_jsonl
-from tools.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
-from tools import distributed
-from tools.optimization import Optimization
-from tools.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
+from stage2_prior.data import count, level_specs, load_splits, read_meta, take, to_device
+from stage2_prior.hierarchy import LEVEL_NAMES, build_prior, level_log_probs
+from tools.common.cli import UserError, build_parser, given_config_values, main_entry
+from tools.common.files import append_jsonl
+from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
+from tools.common import distributed
+from tools.common.optimization import Optimization
+from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             say, write_config)
 
 EVAL_BATCH = 1024
@@ -41,14 +41,21 @@ def parse_args(argv):
 
 
 def with_meta(cfg: PriorConfig, meta: dict) -> PriorConfig:
-    """The config with codebook size, grid shape, class count and stage-1 identity from meta.json."""
+    """The config with codebook sizes, grid shapes, class count and stage-1 identity from meta.json."""
     if cfg.class_conditional and meta["num_classes"] < 1:
         raise UserError("--class-conditional needs labelled codes, but meta.json lists no classes")
+    specs = level_specs(meta)
+    if len(specs) > 2:
+        raise UserError(f"{cfg.codes_dir}/meta.json lists {len(specs)} levels; stage 2 handles 1 or 2")
+    top, bottom = specs[0], specs[-1]
     return dataclasses.replace(
         cfg,
-        codebook_size=meta["codebook_size"],
-        grid_height=meta["grid_shape"][0],
-        grid_width=meta["grid_shape"][1],
+        codebook_size=bottom["codebook_size"],
+        grid_height=bottom["grid_shape"][0],
+        grid_width=bottom["grid_shape"][1],
+        levels=len(specs),
+        **({"top_codebook_size": top["codebook_size"], "top_grid_height": top["grid_shape"][0],
+            "top_grid_width": top["grid_shape"][1]} if len(specs) == 2 else {}),
         num_classes=meta["num_classes"],
         stage1_checkpoint=meta.get("stage1_checkpoint", ""),
         stage1_sha256=meta["stage1_sha256"],
@@ -61,31 +68,36 @@ def labels_or_none(model, labels: torch.Tensor):
 
 
 @torch.no_grad()
-def bits_per_code(model: GatedPixelCNN, codes, labels, device, precision: str) -> float:
-    """Mean negative log-likelihood over the split, in bits per code."""
+def split_bits(model, codes, labels, device, precision: str) -> dict:
+    """Negative log-likelihood of a split: bits_per_code (over every code of every level), bits_per_image,
+    and with two levels top_bits_per_code and bottom_bits_per_code."""
     model.eval()
-    total = 0.0
-    for start in range(0, codes.shape[0], EVAL_BATCH):
-        x, y = codes[start : start + EVAL_BATCH], labels[start : start + EVAL_BATCH]
+    nats = 0.0
+    for start in range(0, count(codes), EVAL_BATCH):
+        index = slice(start, start + EVAL_BATCH)
         with autocast(device, precision):
-            _, loss = model(x, labels_or_none(model, y))
-        total += loss.item() * x.shape[0]
-    return total / codes.shape[0] / math.log(2)
+            nats = nats - level_log_probs(model, take(codes, index), labels_or_none(model, labels[index])).sum(0)
+    bits = nats.double() / count(codes) / math.log(2)  # (levels,) bits per image
+    sizes = [level[0].numel() for level in (codes if isinstance(codes, tuple) else (codes,))]
+    figures = {"bits_per_code": bits.sum().item() / sum(sizes), "bits_per_image": bits.sum().item()}
+    if len(sizes) > 1:
+        figures.update({f"{name}_bits_per_code": b.item() / size for name, b, size in zip(LEVEL_NAMES, bits, sizes)})
+    return figures
 
 
 def train_epoch(model, optimization, codes, labels, cfg: PriorConfig, device, progress, stop) -> float | None:
     """Train until the end of the current epoch (or a stop signal: then None); returns mean train bits/code."""
     model.train()
     generator = epoch_generator(cfg.seed, progress.epoch, device)
-    order = torch.randperm(codes.shape[0], generator=generator, device=device)
-    shares = distributed.my_batches(codes.shape[0], cfg.batch_size, progress.batch)
-    bar = tqdm(shares, initial=progress.batch, total=distributed.batch_count(codes.shape[0], cfg.batch_size),
+    order = torch.randperm(count(codes), generator=generator, device=device)
+    shares = distributed.my_batches(count(codes), cfg.batch_size, progress.batch)
+    bar = tqdm(shares, initial=progress.batch, total=distributed.batch_count(count(codes), cfg.batch_size),
                unit="batch", leave=False, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
                disable=progress_disabled() or not distributed.is_main())
     for start, stop_at in bar:
         picked = order[start:stop_at]
         with autocast(device, cfg.precision):
-            _, loss = model(codes[picked], labels_or_none(model, labels[picked]))
+            _, loss = model(take(codes, picked), labels_or_none(model, labels[picked]))
         bits = optimize(loss, model, optimization, progress) / math.log(2)
         bar.set_postfix(bits=f"{bits:.3f}")
         if stop.should_stop(device):
@@ -118,9 +130,9 @@ def train(given: dict, fresh: bool) -> None:
     configure_backend(device)
     seed_everything(cfg.seed)
     splits, carved = load_splits(cfg.codes_dir, meta, cfg.val_size)
-    data = {name: tuple(t.to(device) for t in pair) for name, pair in splits.items()}
-    model = GatedPixelCNN(cfg).to(device)
-    total_steps = cfg.epochs * distributed.batch_count(data["train"][0].shape[0], cfg.batch_size)
+    data = {name: (to_device(codes, device), labels.to(device)) for name, (codes, labels) in splits.items()}
+    model = build_prior(cfg).to(device)
+    total_steps = cfg.epochs * distributed.batch_count(count(data["train"][0]), cfg.batch_size)
     optimization = Optimization.build(model, cfg, total_steps, device)
     progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)
@@ -141,23 +153,28 @@ def announce(cfg: PriorConfig, data: dict, carved: str, device) -> None:
     if carved:
         say(carved)
     kind = "class-conditional " if cfg.class_conditional else ""
-    counts = ", ".join(f"{data[split][0].shape[0]} {split}" for split in ("train", "val", "test"))
+    counts = ", ".join(f"{count(data[split][0])} {split}" for split in ("train", "val", "test"))
+    grid = (f"{cfg.grid_height}x{cfg.grid_width} codes (K={cfg.codebook_size}; uniform = "
+            f"{math.log2(cfg.codebook_size):.2f} bits/code)")
+    if cfg.levels == 2:
+        kind += "two-level "
+        grid = (f"top {cfg.top_grid_height}x{cfg.top_grid_width} (K={cfg.top_codebook_size}) + bottom {grid}, the "
+                "bottom prior conditioned on the top codes")
     say(f"training a {kind}prior ({cfg.hidden_channels} channels x {cfg.layers} layers) on {counts} maps of "
-        f"{cfg.grid_height}x{cfg.grid_width} codes (K={cfg.codebook_size}; uniform = {math.log2(cfg.codebook_size):.2f} "
-        f"bits/code), device {device}"
+        f"{grid}, device {device}"
         + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
 
 
 def evaluate_splits(model, data: dict, cfg: PriorConfig, device, prefix: str = "") -> dict:
-    """{prefix + 'val_bits_per_code': ..., prefix + 'test_bits_per_code': ...} for `model`."""
-    return {f"{prefix}{split}_bits_per_code": bits_per_code(model, *data[split], device, cfg.precision)
-            for split in ("val", "test")}
+    """{prefix + 'val_bits_per_code': ..., prefix + 'test_bits_per_code': ..., and the other figures} for `model`."""
+    return {f"{prefix}{split}_{name}": value for split in ("val", "test")
+            for name, value in split_bits(model, *data[split], device, cfg.precision).items()}
 
 
 def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progress, stop) -> None:
     """One epoch, then validation and test figures, the best-so-far update, the log line and the saved state."""
     out_dir, world = Path(cfg.out_dir), distributed.world_size()
-    start, maps_left = time.perf_counter(), data["train"][0].shape[0] - progress.batch * cfg.batch_size * world
+    start, maps_left = time.perf_counter(), count(data["train"][0]) - progress.batch * cfg.batch_size * world
     train_bits = train_epoch(parallel, optimization, *data["train"], cfg, device, progress, stop)
     if train_bits is None:
         save_state(out_dir, STAGE, cfg, model, optimization, progress)
@@ -175,18 +192,26 @@ def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progre
                                          "maps_per_s": maps_left / seconds, "processes": world})
     save_state(out_dir, STAGE, cfg, model, optimization, progress)
     say(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}  val {figures['val_bits_per_code']:.3f}  "
-        f"test {figures['test_bits_per_code']:.3f} bits/code  ({maps_left / seconds:.0f} maps/s)"
+        f"test {figures['test_bits_per_code']:.3f} bits/code{level_text(figures, 'test_')}  ({maps_left / seconds:.0f} maps/s)"
         f"{'  *best' if is_best else ''}")
+
+
+def level_text(figures: dict, prefix: str) -> str:
+    """' (top 7.100, bottom 7.500)' for a two-level prior's figures, '' for one level."""
+    keys = {name: f"{prefix}{name}_bits_per_code" for name in LEVEL_NAMES}
+    parts = [f"{name} {figures[key]:.3f}" for name, key in keys.items() if key in figures]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def report_selected(cfg: PriorConfig, progress, data: dict, device, path: Path) -> None:
     """Print the selected epoch's figures, with the train/test gap measured on the saved weights."""
-    model = GatedPixelCNN(cfg).to(device)
+    model = build_prior(cfg).to(device)
     model.load_state_dict(progress.best_model)
-    train_bits = bits_per_code(model, *data["train"], device, cfg.precision)
+    train_bits = split_bits(model, *data["train"], device, cfg.precision)["bits_per_code"]
     best = progress.best_metrics
     say(f"selected epoch {progress.best_epoch} (lowest validation bits/code): train {train_bits:.3f}  "
-        f"val {best['val_bits_per_code']:.3f}  test {best['test_bits_per_code']:.3f} bits/code; "
+        f"val {best['val_bits_per_code']:.3f}  test {best['test_bits_per_code']:.3f} bits/code"
+        f"{level_text(best, 'test_')}, {best['test_bits_per_image']:.1f} bits per image on test; "
         f"train/test gap {best['test_bits_per_code'] - train_bits:.3f} -> {path}")
     say(f"logs in {cfg.out_dir}/ (metrics.jsonl, config.json)")
 

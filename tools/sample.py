@@ -3,7 +3,9 @@
     python -m tools.sample --prior runs/prior/ckpt.pt --n 64 --temperature 1.0 --seed 0   # see --help
 
 Writes OUT_DIR/samples.npy (the code maps), samples.png (the decoded grid) and, for a class-conditional
-prior, samples_labels.npy. The same seed gives the same samples. Runs on the GPU when there is one.
+prior, samples_labels.npy. A two-level prior draws the top map first, then the bottom map given it, and
+writes samples_top.npy and samples_bottom.npy instead of samples.npy. The same seed gives the same
+samples. Runs on the GPU when there is one.
 """
 
 import argparse
@@ -17,6 +19,8 @@ from tqdm import tqdm
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.encode import code_dtype, save_array
 from stage2_prior.checkpoint import load_prior
+from stage2_prior.data import take
+from stage2_prior.hierarchy import LEVEL_NAMES
 from tools.common.cli import UserError, main_entry
 from tools.common.files import remove_stale_temporaries, sha256_file
 from tools.common.images import save_grid
@@ -74,15 +78,29 @@ def resolve_vqvae(args, prior) -> Path:
 
 
 @torch.no_grad()
-def draw_samples(prior, labels, args, device) -> torch.Tensor:
-    """(n, H, W) code maps drawn batch by batch from one seeded generator."""
+def draw_samples(prior, labels, args, device):
+    """(n, H, W) code maps (a tuple of them, top first, for two levels) drawn batch by batch from one seeded generator."""
     generator = torch.Generator(device=device).manual_seed(args.seed)
     chunks = []
     for start in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch", disable=progress_disabled()):
         count = min(args.batch_size, args.n - start)
         chunk_labels = None if labels is None else labels[start : start + count]
         chunks.append(prior.sample(count, chunk_labels, args.temperature, args.top_k, generator))
+    if isinstance(chunks[0], tuple):
+        return tuple(torch.cat(level) for level in zip(*chunks))
     return torch.cat(chunks)
+
+
+def save_codes(codes, prior, out_dir: Path) -> list:
+    """samples.npy, or samples_top.npy and samples_bottom.npy, in the smallest dtype; returns the paths."""
+    if not isinstance(codes, tuple):
+        paths, levels, sizes = [out_dir / "samples.npy"], (codes,), (prior.cfg.codebook_size,)
+    else:
+        paths = [out_dir / f"samples_{name}.npy" for name in LEVEL_NAMES]
+        levels, sizes = codes, (prior.cfg.top_codebook_size, prior.cfg.codebook_size)
+    for path, level, size in zip(paths, levels, sizes):
+        save_array(path, level.cpu().numpy().astype(code_dtype(size)))
+    return paths
 
 
 @main_entry
@@ -94,16 +112,16 @@ def main(argv=None):
     vqvae = load_vqvae(resolve_vqvae(args, prior), device)
     labels = choose_labels(prior, args.label, args.n, device)
     codes = draw_samples(prior, labels, args, device)
-    images = torch.cat([vqvae.decode_indices(codes[s : s + 256]) for s in range(0, args.n, 256)])
+    images = torch.cat([vqvae.decode_indices(take(codes, slice(s, s + 256))) for s in range(0, args.n, 256)])
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    save_array(out_dir / "samples.npy", codes.cpu().numpy().astype(code_dtype(prior.cfg.codebook_size)))
+    paths = save_codes(codes, prior, out_dir)
     if labels is not None:
         save_array(out_dir / "samples_labels.npy", labels.cpu().numpy().astype(np.int64))
     save_grid(images, out_dir / "samples.png", nrow=max(1, math.ceil(math.sqrt(args.n))))
     print(f"{args.n} samples (temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}) on {device} "
-          f"-> {out_dir}/samples.png, {out_dir}/samples.npy")
+          f"-> {out_dir}/samples.png, " + ", ".join(str(p) for p in paths))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""Priors over the codes of a two-level VQ-VAE: a top prior, and a bottom prior conditioned on the top codes.
+
+Both are gated PixelCNNs, trained together (one optimizer, the sum of their losses) and saved in one
+checkpoint. The top prior may be class-conditional; the bottom prior sees every top code (through the
+map conditioner inside each gate) and the earlier bottom codes only. Code maps come as a tuple
+(top, bottom), the form `VQVAE.encode` returns for two levels.
+
+No I/O here: tensors in, tensors and losses out.
+"""
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+from stage2_prior.config import PriorConfig
+from stage2_prior.model import GatedPixelCNN
+
+LEVEL_NAMES = ("top", "bottom")
+
+
+def level_configs(cfg: PriorConfig) -> tuple:
+    """(top prior's config, bottom prior's config) of a two-level prior's config."""
+    top = dataclasses.replace(cfg, levels=1, codebook_size=cfg.top_codebook_size, grid_height=cfg.top_grid_height,
+                              grid_width=cfg.top_grid_width)
+    bottom = dataclasses.replace(cfg, levels=1, class_conditional=False, condition_codebook_size=cfg.top_codebook_size)
+    return top, bottom
+
+
+class HierarchicalPrior(nn.Module):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.cfg = cfg
+        top_cfg, bottom_cfg = level_configs(cfg)
+        self.top = GatedPixelCNN(top_cfg)
+        self.bottom = GatedPixelCNN(bottom_cfg)
+
+    @staticmethod
+    def _split(codes) -> tuple:
+        if not isinstance(codes, (tuple, list)) or len(codes) != 2:
+            raise ValueError("a two-level prior takes a tuple of code maps (top, bottom)")
+        return codes[0].long(), codes[1].long()
+
+    def forward(self, codes, labels=None):
+        """(top, bottom) -> ((top logits, bottom logits), mean cross-entropy in nats over all codes of both levels)."""
+        top, bottom = self._split(codes)
+        top_logits, top_loss = self.top(top, labels)
+        bottom_logits, bottom_loss = self.bottom(bottom, cond=top)
+        sizes = top[0].numel(), bottom[0].numel()
+        loss = (top_loss * sizes[0] + bottom_loss * sizes[1]) / sum(sizes)
+        return (top_logits, bottom_logits), loss
+
+    def level_log_probs(self, codes, labels=None) -> torch.Tensor:
+        """Log-likelihood of each level's map, in nats: (B, 2), top level first."""
+        top, bottom = self._split(codes)
+        return torch.stack([self.top.log_prob(top, labels), self.bottom.log_prob(bottom, cond=top)], dim=1)
+
+    def log_prob(self, codes, labels=None) -> torch.Tensor:
+        """Log-likelihood of each (top, bottom) pair, in nats summed over the levels: (B,)."""
+        return self.level_log_probs(codes, labels).sum(dim=1)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
+               generator: torch.Generator | None = None, naive: bool = False) -> tuple:
+        """Draw n (top, bottom) pairs: the top map first, then the bottom map given it."""
+        top = self.top.sample(n, labels, temperature, top_k, generator, naive)
+        return top, self.bottom.sample(n, None, temperature, top_k, generator, naive, cond=top)
+
+
+def build_prior(cfg: PriorConfig) -> nn.Module:
+    """The prior a config describes: a GatedPixelCNN for one level of codes, a HierarchicalPrior for two."""
+    return HierarchicalPrior(cfg) if cfg.levels == 2 else GatedPixelCNN(cfg)
+
+
+def level_log_probs(prior: nn.Module, codes, labels=None) -> torch.Tensor:
+    """(B, levels) nats for either kind of prior (a one-level prior's codes are one (B, H, W) map)."""
+    if isinstance(prior, HierarchicalPrior):
+        return prior.level_log_probs(codes, labels)
+    return prior.log_prob(codes, labels)[:, None]
