@@ -70,3 +70,26 @@ def test_every_command_has_help():
         result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0 and "usage:" in result.stdout, module
+
+
+@pytest.mark.slow
+def test_make_sample_with_two_levels_at_64_px(tmp_path):
+    run = tmp_path / "runs"
+    make("sample", run, "VQVAE_ARGS=--levels 2 --image-size 64 --shapes-train 96 --shapes-test 32 --codebook-size 32 "
+         "--top-codebook-size 16 --hidden-channels 32 --batch-size 32")
+    meta = json.loads((run / "codes/meta.json").read_text())
+    assert [(lv["name"], lv["grid_shape"], lv["codebook_size"]) for lv in meta["levels"]] == [
+        ("top", [8, 8], 16), ("bottom", [16, 16], 32)]
+    assert "codebook_size" not in meta and meta["image_size"] == 64
+    for split, count in [("train", 192), ("val", 10), ("test", 32)]:
+        assert np.load(run / f"codes/{split}_top.npy").shape == (count, 8, 8)
+        assert np.load(run / f"codes/{split}_bottom.npy").shape == (count, 16, 16)
+    top, bottom = np.load(run / "samples/samples_top.npy"), np.load(run / "samples/samples_bottom.npy")
+    assert top.shape == (6, 8, 8) and bottom.shape == (6, 16, 16) and top.max() < 16 and bottom.max() < 32
+    last = [json.loads(line) for line in (run / "prior/metrics.jsonl").read_text().splitlines()][-1]
+    assert 0 < last["test_top_bits_per_code"] < 20 and 0 < last["test_bottom_bits_per_code"] < 20
+    assert last["test_bits_per_image"] == pytest.approx(
+        64 * last["test_top_bits_per_code"] + 256 * last["test_bottom_bits_per_code"], rel=1e-6)
+    stage1 = [json.loads(line) for line in (run / "vqvae/metrics.jsonl").read_text().splitlines()][-1]
+    assert {"test_codes_used_top", "test_codes_used_bottom", "test_perplexity_top"} <= set(stage1)
+    assert (run / "samples/samples.png").is_file()
