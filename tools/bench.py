@@ -5,7 +5,9 @@
 Measures, each as the median over repeats after warm-up: stage-1 training img/s (resident uint8 data,
 flips and scaling on the device, the stage's precision), the same model fed by a torchvision
 DataLoader with per-image transforms in fp32 (the plain baseline) and the speed-up between them,
-encoding img/s, prior training maps/s, and sampling grids/s at batch 64, naive and cached.
+encoding img/s, prior training maps/s, and sampling grids/s at batch 64, naive and cached; then
+stage-1 training img/s at 64 and 128 px (two levels), and sampling grids/s of a bottom prior
+conditioned on a top map, naive and cached, for 16x16 and 32x32 bottom grids (batch 16).
 Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RSS on CPU.
 """
 
@@ -34,6 +36,8 @@ from tools.common.training import Progress, optimize
 
 BATCH = 128
 SAMPLE_BATCH = 64
+CONDITIONED_BATCH = 16
+LARGE_IMAGES = 256  # images per size for the 64 and 128 px stage-1 benchmarks
 
 
 def parse_args(argv):
@@ -99,8 +103,8 @@ def endless(make_iterator):
         yield from make_iterator()
 
 
-def bench_stage1_resident(images_u8, device, args, compile_setting) -> float:
-    cfg = VQVAEConfig()
+def bench_stage1_resident(images_u8, device, args, compile_setting, **model_args) -> float:
+    cfg = VQVAEConfig(image_size=images_u8.shape[-1], **model_args)
     model = VQVAE(cfg).to(device).train()
     maybe_compile([model.encoder, model.decoder], compile_setting, device)
     optimizer = Optimization.build(model, cfg, 10**6, device)
@@ -110,6 +114,12 @@ def bench_stage1_resident(images_u8, device, args, compile_setting) -> float:
     steps = max(1, images_u8.shape[0] // BATCH // 4)
     work = stage1_steps(model, optimizer, batches, device, args.precision, steps)
     return median_rate(work, steps * BATCH, args.repeats, device, warmup=3 if compile_setting else 1)
+
+
+def bench_stage1_size(size: int, device, args, compile_setting) -> float:
+    """Two-level stage-1 training at `size` px (top and bottom levels, default channels)."""
+    images = make_shapes(LARGE_IMAGES, seed=0, size=size).images
+    return bench_stage1_resident(images, device, args, compile_setting, levels=2)
 
 
 class PILImages(Dataset):
@@ -179,6 +189,17 @@ def bench_sampling(device, args, naive: bool) -> float:
                        repeats, device)
 
 
+def bench_conditioned_sampling(device, args, side: int, naive: bool) -> float:
+    """A bottom prior (default size) over side x side codes, conditioned on a random top map of half the side."""
+    cfg = PriorConfig(grid_height=side, grid_width=side, condition_codebook_size=512)
+    model = GatedPixelCNN(cfg).to(device).eval()
+    top = torch.randint(512, (CONDITIONED_BATCH, side // 2, side // 2), device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    repeats = args.repeats if not naive or device.type == "cuda" else 1
+    return median_rate(lambda: model.sample(CONDITIONED_BATCH, generator=generator, naive=naive, cond=top),
+                       CONDITIONED_BATCH, repeats, device, warmup=0 if naive and device.type != "cuda" else 1)
+
+
 def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -195,7 +216,13 @@ def run_benchmarks(device, args) -> dict:
         ("prior_train_maps_per_s", lambda: bench_prior_training(device, args, compile_setting)),
         ("sample_cached_grids_per_s", lambda: bench_sampling(device, args, naive=False)),
         ("sample_naive_grids_per_s", lambda: bench_sampling(device, args, naive=True)),
+        ("stage1_train_img_per_s_64px", lambda: bench_stage1_size(64, device, args, compile_setting)),
+        ("stage1_train_img_per_s_128px", lambda: bench_stage1_size(128, device, args, compile_setting)),
     ]
+    for side in (16, 32):
+        plan += [(f"conditioned_{side}x{side}_{kind}_grids_per_s",
+                  lambda side=side, naive=kind == "naive": bench_conditioned_sampling(device, args, side, naive))
+                 for kind in ("cached", "naive")]
     results, memory = {}, {}
     for name, bench in plan:
         reset_peak(device)
@@ -204,6 +231,9 @@ def run_benchmarks(device, args) -> dict:
         print(f"  {name:28s} {results[name]:12.1f}   (peak memory {memory[name]:.0f} MiB)", flush=True)
     results["train_speedup_vs_baseline"] = results["stage1_train_img_per_s"] / results["baseline_train_img_per_s"]
     results["sampling_speedup_cached_vs_naive"] = results["sample_cached_grids_per_s"] / results["sample_naive_grids_per_s"]
+    for side in (16, 32):
+        results[f"conditioned_{side}x{side}_speedup_cached_vs_naive"] = (
+            results[f"conditioned_{side}x{side}_cached_grids_per_s"] / results[f"conditioned_{side}x{side}_naive_grids_per_s"])
     results["peak_memory_mib"] = memory
     return results
 
@@ -222,7 +252,9 @@ def main(argv=None):
               "precision": precision, "repeats": args.repeats, "command": "python -m tools.bench", **results}
     write_json(args.out, report)
     print(f"stage-1 training: {results['train_speedup_vs_baseline']:.2f}x the DataLoader/fp32 baseline; "
-          f"cached sampling: {results['sampling_speedup_cached_vs_naive']:.1f}x naive (batch {SAMPLE_BATCH})")
+          f"cached sampling: {results['sampling_speedup_cached_vs_naive']:.1f}x naive (batch {SAMPLE_BATCH}); "
+          f"conditioned 16x16: {results['conditioned_16x16_speedup_cached_vs_naive']:.1f}x, "
+          f"32x32: {results['conditioned_32x32_speedup_cached_vs_naive']:.1f}x naive (batch {CONDITIONED_BATCH})")
     print(f"wrote {args.out}")
 
 
