@@ -29,7 +29,7 @@ class PriorConfig:
     # training
     epochs: int = opt(15, "training epochs (over mirrored train maps: as many steps as 30 without)")
     batch_size: int = opt(128, "code maps per step")
-    lr: float = opt(3e-4, "peak AdamW learning rate")
+    lr: float = opt(1e-3, "peak AdamW learning rate (chosen on validation, see BENCHMARKS.md)")
     lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",
                            choices=["cosine", "constant"])
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
