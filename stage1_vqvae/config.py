@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from tools.common.cli import UserError, derived, opt
 
+LEVEL_NAMES = ("top", "bottom")
+
 
 @dataclass
 class VQVAEConfig:
@@ -61,6 +63,11 @@ class VQVAEConfig:
         """(height, width) of each level's code grid, top level first."""
         bottom = self.image_size // self.downsample
         return [(bottom // 2, bottom // 2), (bottom, bottom)][2 - self.levels :]
+
+    @property
+    def level_names(self) -> list:
+        """Names of the levels, top level first, as logs and meta.json use them."""
+        return ["codes"] if self.levels == 1 else list(LEVEL_NAMES)
 
     @property
     def codebook_sizes(self) -> list:

@@ -86,10 +86,9 @@ def encode_to_files(model, images: torch.Tensor, paths: list, batch_size: int, d
 
 def level_meta(cfg) -> list:
     """meta.json's description of each level, top level first."""
-    names = ["codes"] if cfg.levels == 1 else ["top", "bottom"]
     return [{"name": name, "codebook_size": k, "grid_shape": list(grid), "dtype": np.dtype(code_dtype(k)).name,
              "files": {split: level_files(split, cfg.levels)[i] for split in SPLITS}}
-            for i, (name, k, grid) in enumerate(zip(names, cfg.codebook_sizes, cfg.grid_shapes))]
+            for i, (name, k, grid) in enumerate(zip(cfg.level_names, cfg.codebook_sizes, cfg.grid_shapes))]
 
 
 def save_array(path: Path, array: np.ndarray) -> None:

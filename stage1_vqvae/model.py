@@ -98,13 +98,12 @@ class VQVAE(nn.Module):
         features = self.encoder(x)
         if self.top is None:
             quantized, vq_loss, indices = self.quantizer(features)
-            level_indices, decoder_input = (indices,), quantized
+            level_indices, level_quantized = (indices,), (quantized,)
         else:
             top_q, top_loss, top_indices = self.top.quantizer(self.top.encoder(features))
             quantized, bottom_loss, indices = self.quantizer(self.top.bottom_input(features, top_q))
-            vq_loss, level_indices = top_loss + bottom_loss, (top_indices, indices)
-            decoder_input = torch.cat([quantized, self.top.upsample(top_q)], dim=1)
-        x_hat = self.decoder(decoder_input)
+            vq_loss, level_indices, level_quantized = top_loss + bottom_loss, (top_indices, indices), (top_q, quantized)
+        x_hat = self.decode_quantized(level_quantized)
         recon = reconstruction_loss(x_hat.float(), x.float(), self.cfg.recon_loss)
         return x_hat, recon + vq_loss, {"recon": recon, "vq": vq_loss, "indices": indices, "level_indices": level_indices}
 
@@ -122,10 +121,15 @@ class VQVAE(nn.Module):
     def decode_indices(self, codes) -> torch.Tensor:
         """Code map (B, H, W), or the tuple (top, bottom) with two levels -> images (B, 3, S, S) in [-1, 1]."""
         codes = check_levels(codes, self.levels)
-        quantized = [q.embed_code(c.long()).permute(0, 3, 1, 2) for q, c in zip(self.quantizers, codes)]
+        quantized = [q.embed_code(c.long()).permute(0, 3, 1, 2).contiguous() for q, c in zip(self.quantizers, codes)]
+        return self.decode_quantized(quantized).float()
+
+    def decode_quantized(self, quantized) -> torch.Tensor:
+        """Quantized code vectors of each level (B, D, H, W), top level first -> images (B, 3, S, S)."""
         if self.top is None:
-            return self.decoder(quantized[0].contiguous()).float()
-        return self.decoder(torch.cat([quantized[1], self.top.upsample(quantized[0])], dim=1)).float()
+            return self.decoder(quantized[0])
+        top, bottom = quantized
+        return self.decoder(torch.cat([bottom, self.top.upsample(top)], dim=1))
 
 
 def check_levels(codes, levels: int) -> tuple:

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
-from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.config import LEVEL_NAMES, VQVAEConfig
 from stage1_vqvae.data import eval_batches, load_splits, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
 from tools.common.cli import UserError, build_parser, config_from, given_config_values, main_entry
@@ -33,7 +33,6 @@ from tools.common.training import (METRICS, StopSignal, epoch_generator, finish,
                             say, write_config)
 
 EVAL_BATCH = 512
-LEVEL_NAMES = ("top", "bottom")
 PREVIEW_IMAGES = 16
 
 
@@ -87,7 +86,7 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
             level_counts += torch.bincount(indices.flatten(), minlength=level_counts.shape[0])
     metrics = {k: v / images.shape[0] for k, v in totals.items()}
     metrics["psnr"] = psnr(metrics["mse"])
-    for name, level_counts in zip(LEVEL_NAMES[2 - model.levels :], counts):
+    for name, level_counts in zip(model.cfg.level_names, counts):
         suffix = f"_{name}" if model.levels > 1 else ""
         metrics[f"perplexity{suffix}"], metrics[f"codes_used{suffix}"] = usage(level_counts)
     if model.levels > 1:

@@ -108,7 +108,8 @@ def load_splits(codes_dir, meta: dict, val_size: float) -> tuple:
         splits["val"] = load_codes(codes_dir, "val", meta)
         return splits, ""
     if meta.get("train_mirrored") or len(level_specs(meta)) > 1:
-        raise UserError(f"{codes_dir}: val.npy is missing and the train maps are mirrored; re-run stage1_vqvae.encode")
+        why = "the train maps are mirrored" if meta.get("train_mirrored") else "it has two levels"
+        raise UserError(f"{codes_dir}: the validation codes are missing and {why}; re-run stage1_vqvae.encode")
     codes, labels = splits["train"]
     validation_count(val_size, codes.shape[0], required=True)
     train_idx, val_idx = split_validation(labels, val_size)

@@ -70,10 +70,3 @@ class HierarchicalPrior(nn.Module):
 def build_prior(cfg: PriorConfig) -> nn.Module:
     """The prior a config describes: a GatedPixelCNN for one level of codes, a HierarchicalPrior for two."""
     return HierarchicalPrior(cfg) if cfg.levels == 2 else GatedPixelCNN(cfg)
-
-
-def level_log_probs(prior: nn.Module, codes, labels=None) -> torch.Tensor:
-    """(B, levels) nats for either kind of prior (a one-level prior's codes are one (B, H, W) map)."""
-    if isinstance(prior, HierarchicalPrior):
-        return prior.level_log_probs(codes, labels)
-    return prior.log_prob(codes, labels)[:, None]

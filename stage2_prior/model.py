@@ -95,6 +95,10 @@ class GatedPixelCNN(nn.Module):
         logits = self.logits(codes.long(), labels, cond)
         return -F.cross_entropy(logits.float(), codes.long(), reduction="none").sum(dim=(1, 2))
 
+    def level_log_probs(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+        """`log_prob` as (B, 1): one level, in the form a two-level prior gives (B, 2)."""
+        return self.log_prob(codes, labels)[:, None]
+
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
                generator: torch.Generator | None = None, naive: bool = False, cond=None) -> torch.Tensor:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import PriorConfig
 from stage2_prior.data import count, level_specs, load_splits, read_meta, take, to_device
-from stage2_prior.hierarchy import LEVEL_NAMES, build_prior, level_log_probs
+from stage2_prior.hierarchy import LEVEL_NAMES, build_prior
 from tools.common.cli import UserError, build_parser, given_config_values, main_entry
 from tools.common.files import append_jsonl
 from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
@@ -76,7 +76,7 @@ def split_bits(model, codes, labels, device, precision: str) -> dict:
     for start in range(0, count(codes), EVAL_BATCH):
         index = slice(start, start + EVAL_BATCH)
         with autocast(device, precision):
-            nats = nats - level_log_probs(model, take(codes, index), labels_or_none(model, labels[index])).sum(0)
+            nats = nats - model.level_log_probs(take(codes, index), labels_or_none(model, labels[index])).sum(0)
     bits = nats.double() / count(codes) / math.log(2)  # (levels,) bits per image
     sizes = [level[0].numel() for level in (codes if isinstance(codes, tuple) else (codes,))]
     figures = {"bits_per_code": bits.sum().item() / sum(sizes), "bits_per_image": bits.sum().item()}
