@@ -9,6 +9,13 @@ so the codebook does not collapse to a few codes. Distances and EMA statistics a
 Under data-parallel training, counts and sums are summed over ranks and replacement codes are drawn
 from the encoder outputs of all ranks with the same random draw, so every rank keeps the same codebook
 (the same one a single process would keep for the whole global batch).
+
+Any tensor of vectors works: `dim` names the axis that holds the D features, 1 by default, which
+covers (B, D, H, W) feature maps and (N, D) embeddings alike; `dim=-1` takes channels-last (..., D).
+Grouped (product) and residual quantizers built from these two live in `stage1_vqvae.multi_quantizer`.
+
+    q = EMAVectorQuantizer(codebook_size=256, embed_dim=64, dim=-1)
+    quantized, loss, indices = q(vectors)   # (..., 64) -> (..., 64), scalar, long (...)
 """
 
 import torch
@@ -21,10 +28,11 @@ from tools.common.distributed import all_gather_rows, all_reduce_sum_
 class _QuantizerBase(nn.Module):
     """Nearest-code search, data initialisation and dead-code re-seeding shared by both quantizers."""
 
-    def __init__(self, codebook_size: int, embed_dim: int, beta: float, dead_code_threshold: float):
+    def __init__(self, codebook_size: int, embed_dim: int, beta: float, dead_code_threshold: float, dim: int):
         super().__init__()
         self.codebook_size = codebook_size
         self.embed_dim = embed_dim
+        self.dim = dim  # the input axis that holds the D features
         self.beta = beta
         self.dead_code_threshold = dead_code_threshold
         self.register_buffer("initialized", torch.tensor(False))
@@ -88,11 +96,15 @@ class _QuantizerBase(nn.Module):
         raise NotImplementedError
 
     def forward(self, z_e: torch.Tensor):
-        """(B, D, H, W) encoder output -> (straight-through quantized (B, D, H, W), vq loss, indices (B, H, W))."""
+        """Vectors along `self.dim` -> (straight-through quantized, same shape; vq loss; indices, that axis removed).
+
+        (B, D, H, W) -> (B, D, H, W), loss, (B, H, W) with dim=1; (..., D) -> (..., D), loss, (...) with dim=-1.
+        """
+        if z_e.shape[self.dim] != self.embed_dim:
+            raise ValueError(f"expected vectors of size {self.embed_dim} along dim {self.dim}, got shape {tuple(z_e.shape)}")
         with torch.autocast(device_type=z_e.device.type, enabled=False):
-            b, d, h, w = z_e.shape
-            z = z_e.float().permute(0, 2, 3, 1)  # (B, H, W, D)
-            flat = z.reshape(-1, d)  # (N, D)
+            z = z_e.float().movedim(self.dim, -1)  # (..., D)
+            flat = z.reshape(-1, self.embed_dim)  # (N, D)
             if self.training and not bool(self.initialized):
                 self._init_from_data(flat.detach())
             indices = self.nearest_codes(flat.detach())  # (N,)
@@ -100,17 +112,18 @@ class _QuantizerBase(nn.Module):
                 counts = all_reduce_sum_(torch.bincount(indices, minlength=self.codebook_size).float())
                 self._codebook_update(flat.detach(), indices, counts)
                 self._track_usage_and_reseed(flat.detach(), counts)
-            quantized = self.embed_code(indices).view(b, h, w, d)
+            quantized = self.embed_code(indices).view(z.shape)
             loss = self._vq_loss(z, quantized)
             quantized = z + (quantized - z).detach()  # straight-through: decoder gradient reaches the encoder
-        return quantized.permute(0, 3, 1, 2).contiguous(), loss, indices.view(b, h, w)
+        return quantized.movedim(-1, self.dim).contiguous(), loss, indices.view(z.shape[:-1])
 
 
 class VectorQuantizer(_QuantizerBase):
     """Codebook learned by gradient descent on the codebook loss."""
 
-    def __init__(self, codebook_size: int, embed_dim: int, beta: float = 0.25, dead_code_threshold: float = 1.0):
-        super().__init__(codebook_size, embed_dim, beta, dead_code_threshold)
+    def __init__(self, codebook_size: int, embed_dim: int, beta: float = 0.25, dead_code_threshold: float = 1.0,
+                 dim: int = 1):
+        super().__init__(codebook_size, embed_dim, beta, dead_code_threshold, dim)
         self.embedding = nn.Parameter(torch.empty(codebook_size, embed_dim).uniform_(-1 / codebook_size, 1 / codebook_size))
 
     @property
@@ -137,8 +150,9 @@ class EMAVectorQuantizer(_QuantizerBase):
         dead_code_threshold: float = 1.0,
         decay: float = 0.99,
         eps: float = 1e-5,
+        dim: int = 1,
     ):
-        super().__init__(codebook_size, embed_dim, beta, dead_code_threshold)
+        super().__init__(codebook_size, embed_dim, beta, dead_code_threshold, dim)
         self.decay = decay
         self.eps = eps
         embedding = torch.randn(codebook_size, embed_dim)
@@ -166,3 +180,10 @@ class EMAVectorQuantizer(_QuantizerBase):
 
     def _vq_loss(self, z, quantized):
         return self.beta * F.mse_loss(z, quantized.detach())
+
+
+def code_usage(indices: torch.Tensor, codebook_size: int) -> dict:
+    """Distinct codes used and perplexity exp(-sum p log p) of a set of code indices (any shape)."""
+    counts = torch.bincount(indices.flatten().long(), minlength=codebook_size).float()
+    p = counts[counts > 0] / counts.sum()
+    return {"codes_used": int(p.numel()), "perplexity": float(torch.exp(-(p * p.log()).sum()))}
