@@ -25,6 +25,7 @@ PYTEST_ARGS ?=
 NPROC ?=
 LAUNCH = $(if $(NPROC),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC),$(PY))
 BENCH_ARGS ?=
+RECOMMEND_ARGS ?=
 
 VQVAE_CKPT := $(RUN_DIR)/vqvae/ckpt.pt
 CODES_META := $(RUN_DIR)/codes/meta.json
@@ -57,6 +58,8 @@ help:
 	@echo "make train-prior     stage 2  -> \$$(RUN_DIR)/prior/ckpt.pt"
 	@echo "make sample          samples  -> \$$(RUN_DIR)/samples/samples.png, samples.npy"
 	@echo "make bench           speed of every stage on this device -> bench.json"
+	@echo "make recommend       do item codes help cold items? synthetic ratings (DATASET=movielens: ml-latest-small)"
+	@echo "                     -> \$$(RUN_DIR)/recommend/results.json, item_codes.npy (other flags: RECOMMEND_ARGS)"
 	@echo "make clean           remove runs/ (make distclean: also the virtual environment)"
 	@echo "variables: DATASET=cifar10|folder|shapes DATA_DIR RUN_DIR DEVICE EPOCHS PRIOR_EPOCHS N_SAMPLES NPROC"
 	@echo "           VQVAE_ARGS PRIOR_ARGS SAMPLE_ARGS (any other flag; see python -m <module> --help)"
@@ -101,6 +104,12 @@ test: | $(NEED_VENV)
 
 bench: | $(NEED_VENV)
 	$(PY) -m tools.bench --device $(DEVICE) $(BENCH_ARGS)
+
+# The recommender experiment reads ratings, not images: DATASET is synthetic unless given (the image default is cifar10).
+.PHONY: recommend
+recommend: | $(NEED_VENV)
+	$(PY) -m tools.recommend --dataset $(if $(call given,DATASET),$(DATASET),synthetic) --data-dir $(DATA_DIR) \
+		--out-dir $(RUN_DIR)/recommend --device $(DEVICE) $(RECOMMEND_ARGS)
 
 clean:
 	rm -rf runs

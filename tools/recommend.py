@@ -1,0 +1,245 @@
+"""The recommender experiment: do quantized item embeddings help items with few ratings (cold items)?
+
+    python -m tools.recommend                                      # built-in synthetic ratings, offline
+    python -m tools.recommend --dataset movielens --data-dir data  # ml-latest-small (downloaded when missing)
+    make recommend                                                 # the same, into $(RUN_DIR)/recommend/
+
+Held-out cold items keep only 1 to --max-cold-train training ratings (`tools.ratings.cold_item_split`).
+Every model gets the same budget (epochs, batch size, Adam learning rate, regularisation, embedding
+size) and the epoch with the best validation RMSE; the table gives test RMSE on all test ratings, on
+the cold items' and on the others'. Models (`tools.rating_model`): matrix factorisation with biases
+(`mf`), the same with item vectors through a vector quantizer and the straight-through estimator as
+in the source (`vq`), and with genres as side information for all of them, plus grouped (product)
+and residual quantizers. Writes to --out-dir: config.json, results.json, and item_codes.npy
+((n_items, C), smallest unsigned dtype) with meta.json for the quantized model with the best
+validation RMSE.
+"""
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from stage1_vqvae.encode import code_dtype, save_array
+from stage1_vqvae.multi_quantizer import build_quantizer
+from tools.common.cli import UserError, build_parser, config_from, given_config_values, main_entry, opt
+from tools.common.files import write_json
+from tools.common.runtime import pick_device, progress_disabled
+from tools.rating_model import RatingModel
+from tools.ratings import Ratings, Split, cold_item_split, load_movielens, synthetic_ratings
+
+MODELS = {  # name: (genres as item side information, item quantizer or None)
+    "mf": (False, None),
+    "vq": (False, "plain"),
+    "mf+genres": (True, None),
+    "vq+genres": (True, "plain"),
+    "grouped+genres": (True, "grouped"),
+    "residual+genres": (True, "residual"),
+}
+
+
+@dataclass
+class RecommendConfig:
+    dataset: str = opt("synthetic", "which ratings", choices=["synthetic", "movielens"])
+    data_dir: str = opt("data", "where ml-latest-small/ (or its zip) is, or is downloaded to")
+    out_dir: str = opt("runs/recommend", "where results.json, item_codes.npy and meta.json go")
+    synthetic_users: int = opt(1000, "users of --dataset synthetic")
+    synthetic_items: int = opt(1500, "items of --dataset synthetic")
+    cold_fraction: float = opt(0.1, "share of the items (with enough ratings) held out as cold items")
+    max_cold_train: int = opt(5, "training ratings a cold item keeps at most (1 to this many)")
+    models: str = opt(",".join(MODELS), "comma-separated models to train, from: " + ", ".join(MODELS))
+    embed_dim: int = opt(32, "D, size of the user and item vectors")
+    codebook_size: int = opt(64, "K, codes in each item codebook")
+    groups: int = opt(4, "G of the grouped quantizer (D split into G groups)")
+    stages: int = opt(3, "N of the residual quantizer")
+    beta: float = opt(0.25, "commitment weight of the quantizers")
+    epochs: int = opt(20, "training epochs of every model")
+    batch_size: int = opt(1024, "ratings per step")
+    lr: float = opt(5e-3, "Adam learning rate")
+    l2: float = opt(0.05, "weight of the squared norms of the embeddings and biases a batch uses")
+    seed: int = opt(0, "seed for the synthetic data, the split and the models")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    threads: int = opt(1, "CPU threads: the steps are tiny, so more threads mostly wait on each other (measured on "
+                          "a busy 2-core CPU: 3 ms a step with 1 thread, 237 ms with 2)")
+
+    @property
+    def model_names(self) -> list:
+        names = [n.strip() for n in self.models.split(",") if n.strip()]
+        unknown = [n for n in names if n not in MODELS]
+        if unknown or not names:
+            raise UserError(f"unknown model(s) {unknown or self.models!r}; choose from {', '.join(MODELS)}")
+        return names
+
+
+def load_ratings(cfg: RecommendConfig) -> Ratings:
+    if cfg.dataset == "movielens":
+        return load_movielens(cfg.data_dir)
+    return synthetic_ratings(cfg.synthetic_users, cfg.synthetic_items, seed=cfg.seed)
+
+
+def build_model(name: str, cfg: RecommendConfig, data: Ratings, mean: float) -> RatingModel:
+    """The named model, its vectors starting from the same seed as every other model's."""
+    torch.manual_seed(cfg.seed)
+    use_genres, kind = MODELS[name]
+    quantizer = None
+    if kind is not None:
+        sizes = {"grouped": {"groups": cfg.groups}, "residual": {"stages": cfg.stages}}.get(kind, {})
+        quantizer = build_quantizer(cfg.codebook_size, cfg.embed_dim, **sizes, dim=-1, beta=cfg.beta)
+    genres = torch.from_numpy(data.genres) if use_genres else None
+    return RatingModel(data.n_users, data.n_items, cfg.embed_dim, mean, genres, quantizer)
+
+
+class Part:
+    """One set of ratings as tensors on the device."""
+
+    def __init__(self, data: Ratings, indices: np.ndarray, device):
+        as_tensor = lambda a: torch.from_numpy(a[indices]).to(device)  # noqa: E731
+        self.users, self.items, self.ratings = as_tensor(data.users), as_tensor(data.items), as_tensor(data.ratings)
+
+    def __len__(self) -> int:
+        return self.ratings.shape[0]
+
+    def subset(self, mask: torch.Tensor) -> "Part":
+        part = copy.copy(self)
+        part.users, part.items, part.ratings = self.users[mask], self.items[mask], self.ratings[mask]
+        return part
+
+
+@torch.no_grad()
+def rmse(model: RatingModel, part: Part) -> float:
+    """Root mean squared error of the predictions, clipped to the rating scale."""
+    model.eval()
+    predictions = model(part.users, part.items)[0].clamp(0.5, 5.0)
+    return torch.sqrt(F.mse_loss(predictions, part.ratings)).item()
+
+
+def train_model(model: RatingModel, train: Part, val: Part, cfg: RecommendConfig, name: str) -> tuple:
+    """Adam for cfg.epochs; returns (the weights of the epoch with the best validation RMSE, that epoch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    generator = torch.Generator(device=train.ratings.device).manual_seed(cfg.seed)
+    best = (float("inf"), None, 0)
+    for epoch in tqdm(range(1, cfg.epochs + 1), desc=name, unit="epoch", leave=False, disable=progress_disabled()):
+        model.train()
+        order = torch.randperm(len(train), generator=generator, device=train.ratings.device)
+        for batch in order.split(cfg.batch_size):
+            users, items = train.users[batch], train.items[batch]
+            predictions, vq_loss = model(users, items)
+            loss = F.mse_loss(predictions, train.ratings[batch]) + vq_loss + cfg.l2 * model.penalty(users, items)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        score = rmse(model, val)
+        if score < best[0]:
+            best = (score, copy.deepcopy(model.state_dict()), epoch)
+    if best[1] is None:
+        raise UserError(f"{name}: training gave no finite validation RMSE; try a lower --lr")
+    return best[1], best[2]
+
+
+def item_codes(model: RatingModel) -> torch.Tensor:
+    """Every item's codes (n_items, C) under a quantized model."""
+    with torch.no_grad():
+        return model.eval().item_vectors(torch.arange(model.item.num_embeddings, device=model.mean.device))[2]
+
+
+def run_models(cfg: RecommendConfig, data: Ratings, split: Split, device) -> tuple:
+    """({model name: results}, {model name: trained model}) for every model of the config."""
+    train, val, test = (Part(data, indices, device) for indices in (split.train, split.val, split.test))
+    cold = torch.from_numpy(np.isin(data.items[split.test], split.cold_items)).to(device)
+    mean = train.ratings.mean().item()
+    results = {"global mean": {**{k: rmse_of_constant(mean, p) for k, p in
+                                  (("val", val), ("test", test), ("test_cold", test.subset(cold)),
+                                   ("test_warm", test.subset(~cold)))}, "best_epoch": 0, "seconds": 0.0}}
+    models = {}
+    for name in cfg.model_names:
+        start = time.perf_counter()
+        model = build_model(name, cfg, data, mean).to(device)
+        state, epoch = train_model(model, train, val, cfg, name)
+        model.load_state_dict(state)
+        results[name] = {"val": rmse(model, val), "test": rmse(model, test), "test_cold": rmse(model, test.subset(cold)),
+                         "test_warm": rmse(model, test.subset(~cold)), "best_epoch": epoch,
+                         "seconds": round(time.perf_counter() - start, 1)}
+        if model.quantizer is not None:
+            results[name]["codes_used"] = [u["codes_used"] for u in model.quantizer.usage(item_codes(model))]
+        models[name] = model
+        print(table_row(name, results[name]), flush=True)
+    return results, models
+
+
+def rmse_of_constant(value: float, part: Part) -> float:
+    return torch.sqrt(F.mse_loss(torch.full_like(part.ratings, value), part.ratings)).item()
+
+
+def table_row(name: str, r: dict) -> str:
+    used = "/".join(str(c) for c in r.get("codes_used", [])) or "-"
+    return (f"{name:<17} {r['test']:>10.4f} {r['test_cold']:>10.4f} {r['test_warm']:>10.4f} {r['val']:>9.4f} "
+            f"{r['best_epoch']:>6} {used:>12} {r['seconds']:>6.1f}")
+
+
+TABLE_HEADER = f"{'model':<17} {'test RMSE':>10} {'cold items':>10} {'warm items':>10} {'val RMSE':>9} {'epoch':>6} " \
+               f"{'codes used':>12} {'sec':>6}"
+
+
+def write_best_codes(cfg: RecommendConfig, data: Ratings, results: dict, models: dict) -> str | None:
+    """item_codes.npy and meta.json of the quantized model with the best validation RMSE; its name."""
+    quantized = [name for name, model in models.items() if model.quantizer is not None]
+    if not quantized:
+        return None
+    best = min(quantized, key=lambda name: results[name]["val"])
+    quantizer, codes = models[best].quantizer, item_codes(models[best])
+    dtype = code_dtype(cfg.codebook_size)
+    out_dir = Path(cfg.out_dir)
+    save_array(out_dir / "item_codes.npy", codes.cpu().numpy().astype(dtype))
+    write_json(out_dir / "meta.json", {
+        "model": best, "dataset": cfg.dataset, "n_items": data.n_items, "codes_per_item": codes.shape[1],
+        "codebook_size": cfg.codebook_size, "dtype": np.dtype(dtype).name,
+        "usage": quantizer.usage(codes), "val_rmse": results[best]["val"],
+        "rows": "row r of item_codes.npy holds the codes of the item whose dataset id is item_ids[r]",
+        "item_ids": data.item_ids})
+    return best
+
+
+@main_entry
+def main(argv=None):
+    parser = build_parser(RecommendConfig, __doc__.split("\n")[0])
+    cfg = config_from(RecommendConfig, given_config_values(RecommendConfig, parser.parse_args(argv)))
+    cfg.model_names  # noqa: B018 - refuse unknown names before any work
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        run(cfg)
+    finally:
+        torch.set_num_threads(threads)  # leave a calling process (the tests) as it was
+
+
+def run(cfg: RecommendConfig) -> None:
+    """Load and split the ratings, train every model, print the table and write the files."""
+    device = pick_device(cfg.device)
+    data = load_ratings(cfg)
+    split = cold_item_split(data, cfg.cold_fraction, cfg.max_cold_train, seed=cfg.seed)
+    cold_test = int(np.isin(data.items[split.test], split.cold_items).sum())
+    print(f"{cfg.dataset}: {len(data)} ratings by {data.n_users} users of {data.n_items} items, {len(data.genre_names)} "
+          f"genres; train {split.train.size}, val {split.val.size}, test {split.test.size} ({cold_test} of them on "
+          f"{split.cold_items.size} cold items with 1-{cfg.max_cold_train} training ratings); device {device}")
+    print(TABLE_HEADER)
+    out_dir = Path(cfg.out_dir)
+    write_json(out_dir / "config.json", dataclasses.asdict(cfg))
+    results, models = run_models(cfg, data, split, device)
+    print(table_row("global mean", results["global mean"]))
+    best = write_best_codes(cfg, data, results, models)
+    write_json(out_dir / "results.json", {
+        "dataset": cfg.dataset, "ratings": len(data), "users": data.n_users, "items": data.n_items,
+        "split": {"train": int(split.train.size), "val": int(split.val.size), "test": int(split.test.size),
+                  "cold_items": int(split.cold_items.size), "cold_test_ratings": cold_test},
+        "rmse": results, "best_quantized": best})
+    print(f"wrote {out_dir}/results.json" + (f", item_codes.npy and meta.json ({best})" if best else ""))
+
+
+if __name__ == "__main__":
+    main()
