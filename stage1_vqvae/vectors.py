@@ -29,7 +29,7 @@ from stage1_vqvae.multi_quantizer import build_quantizer
 from tools.common.cli import UserError, build_parser, config_from, derived, given_config_values, main_entry, opt
 from tools.common.files import append_jsonl, load_checkpoint, sha256_file, write_json
 from tools.common.optimization import Optimization
-from tools.common.runtime import configure_backend, pick_device, progress_disabled, seed_everything
+from tools.common.runtime import configure_backend, cpu_threads, pick_device, progress_disabled, seed_everything
 from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
                                    save_state, say, write_config)
 
@@ -57,6 +57,7 @@ class VectorsConfig:
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     seed: int = opt(0, "seed for codebook initialisation and shuffling")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    threads: int = opt(1, "CPU threads (0: torch's default); raise it for large vectors and codebooks on an idle CPU")
     # recorded by the run
     embed_dim: int = derived(0)  # D, read from the input
     input_sha256: str = derived("")  # a resumed run must find the same vectors
@@ -205,6 +206,12 @@ def train(given: dict, fresh: bool) -> None:
     cfg, state = prepare_run(VectorsConfig, given, STAGE, fresh)
     if cfg is None:
         return
+    with cpu_threads(cfg.threads):
+        fit(cfg, state)
+
+
+def fit(cfg: VectorsConfig, state) -> None:
+    """Train from `state` (None: from the start) for the remaining epochs; write the codes, then ckpt.pt."""
     if not cfg.input:
         raise UserError("--input is required: an (N, D) float .npy of the vectors to code")
     array = load_vectors(cfg.input)
