@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from tools.common.cli import UserError, derived, opt
+from tools.common.curves import FLAG_HELP as TENSORBOARD_HELP
 
 LEVEL_NAMES = ("top", "bottom")
 
@@ -34,7 +35,9 @@ class VQVAEConfig:
     dead_code_threshold: float = opt(
         1.0, "re-seed a code when its average use per batch (EMA) drops below this; 0 disables"
     )
-    recon_loss: str = opt("l1", "reconstruction loss", choices=["l1", "l2"])
+    recon_loss: str = opt("l1", "reconstruction loss: L1, L2, or categorical (256-way softmax per sub-pixel: a "
+                                "likelihood, so tools.evaluate can give bits per dimension)",
+                          choices=["l1", "l2", "categorical"])
     # training
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
@@ -46,6 +49,7 @@ class VQVAEConfig:
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
     compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
     precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32", choices=["auto", "fp32", "bf16"])
+    tensorboard: bool = opt(False, TENSORBOARD_HELP.format(what="losses, PSNR, codes used and reconstructions"))
     # recorded by the run
     val_split: str = derived("")  # how the validation images were chosen, with a fingerprint
 

@@ -5,6 +5,9 @@ Two levels (VQ-VAE-2, arXiv:1906.00446): the bottom encoder's features are encod
 grid at half the side; the top is quantized first, decoded back to the bottom grid and joined to the
 bottom features before those are quantized; the decoder sees both quantized levels.
 
+The decoder outputs an image, or with `--recon-loss categorical` 256 logits per sub-pixel
+(`stage1_vqvae.likelihood`); `forward` and `decode_indices` always return images.
+
 No I/O here: tensors in, tensors and losses out. Images are float in [-1, 1]. Code maps are long
 tensors (B, H, W); with two levels, a tuple (top, bottom).
 """
@@ -15,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stage1_vqvae import likelihood
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.quantizer import EMAVectorQuantizer, VectorQuantizer
 
@@ -40,12 +44,18 @@ def make_encoder(cfg: VQVAEConfig) -> nn.Sequential:
 
 
 def make_decoder(cfg: VQVAEConfig, in_channels: int) -> nn.Sequential:
-    """(B, in_channels, S/d, S/d) -> (B, 3, S, S) in [-1, 1]."""
+    """(B, in_channels, S/d, S/d) -> (B, 3, S, S) in [-1, 1], or (B, 3 * 256, S, S) logits for a categorical decoder.
+
+    The categorical decoder's last upsampling stays c/2 wide and a 1x1 convolution makes the logits:
+    768 channels out of a 4x4 transposed convolution would cost several times the rest of the model.
+    """
     c = cfg.hidden_channels
-    widths = [c] * (int(math.log2(cfg.downsample)) - 1) + [c // 2, 3]
+    categorical = likelihood.models_likelihood(cfg.recon_loss)
+    widths = [c] * (int(math.log2(cfg.downsample)) - 1) + [c // 2, c // 2 if categorical else 3]
     up = [m for i in range(len(widths) - 1) for m in (nn.ReLU(), nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1))]
+    out = [nn.ReLU(), nn.Conv2d(c // 2, likelihood.output_channels(cfg.recon_loss), 1)] if categorical else [nn.Tanh()]
     return nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1), *[ResidualBlock(c) for _ in range(cfg.res_blocks)],
-                         *up, nn.Tanh())
+                         *up, *out)
 
 
 def make_quantizer(cfg: VQVAEConfig, codebook_size: int) -> nn.Module:
@@ -93,7 +103,8 @@ class VQVAE(nn.Module):
     def forward(self, x: torch.Tensor):
         """(B, 3, S, S) -> (reconstruction, total loss, {"recon", "vq", "indices", "level_indices"}).
 
-        "indices" are the bottom level's; "level_indices" has every level's, top level first.
+        "recon" is the reconstruction loss (for a categorical decoder the mean negative log-likelihood in nats
+        per sub-pixel); "indices" are the bottom level's; "level_indices" has every level's, top level first.
         """
         features = self.encoder(x)
         if self.top is None:
@@ -103,8 +114,7 @@ class VQVAE(nn.Module):
             top_q, top_loss, top_indices = self.top.quantizer(self.top.encoder(features))
             quantized, bottom_loss, indices = self.quantizer(self.top.bottom_input(features, top_q))
             vq_loss, level_indices, level_quantized = top_loss + bottom_loss, (top_indices, indices), (top_q, quantized)
-        x_hat = self.decode_quantized(level_quantized)
-        recon = reconstruction_loss(x_hat.float(), x.float(), self.cfg.recon_loss)
+        x_hat, recon = likelihood.image_and_loss(self.decode_quantized(level_quantized), x.float(), self.cfg.recon_loss)
         return x_hat, recon + vq_loss, {"recon": recon, "vq": vq_loss, "indices": indices, "level_indices": level_indices}
 
     @torch.no_grad()
@@ -120,12 +130,27 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode_indices(self, codes) -> torch.Tensor:
         """Code map (B, H, W), or the tuple (top, bottom) with two levels -> images (B, 3, S, S) in [-1, 1]."""
+        return likelihood.to_image(self.decode_codes(codes), self.cfg.recon_loss).float()
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, codes) -> torch.Tensor:
+        """log p(x | z) of images x (B, 3, S, S) in [-1, 1] given their code maps z, in nats: (B,).
+
+        Only a categorical decoder (`--recon-loss categorical`) defines it; others raise a ValueError.
+        """
+        if not likelihood.models_likelihood(self.cfg.recon_loss):
+            raise ValueError(f"a decoder trained with --recon-loss {self.cfg.recon_loss} gives no likelihood "
+                             "(train with --recon-loss categorical)")
+        return likelihood.log_likelihood(self.decode_codes(codes), x)
+
+    def decode_codes(self, codes) -> torch.Tensor:
+        """Code maps (one, or a tuple top first) -> the decoder's raw output (an image or logits)."""
         codes = check_levels(codes, self.levels)
         quantized = [q.embed_code(c.long()).permute(0, 3, 1, 2).contiguous() for q, c in zip(self.quantizers, codes)]
-        return self.decode_quantized(quantized).float()
+        return self.decode_quantized(quantized)
 
     def decode_quantized(self, quantized) -> torch.Tensor:
-        """Quantized code vectors of each level (B, D, H, W), top level first -> images (B, 3, S, S)."""
+        """Quantized code vectors of each level (B, D, H, W), top level first -> the decoder's raw output."""
         if self.top is None:
             return self.decoder(quantized[0])
         top, bottom = quantized
@@ -152,7 +177,3 @@ def nearest_code_map(quantizer, z: torch.Tensor) -> torch.Tensor:
         indices = quantizer.nearest_codes(flat)
     return indices.view(z.shape[0], z.shape[2], z.shape[3])
 
-
-def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean L1 (sharper) or L2 distance between images."""
-    return F.l1_loss(x_hat, x) if kind == "l1" else F.mse_loss(x_hat, x)

@@ -7,12 +7,11 @@ The best epoch is the one with the lowest validation MSE (not the total loss, wh
 drifts as the encoder moves); test metrics are logged every epoch but never used to choose.
 Writes to --out-dir: config.json, metrics.jsonl (val_* and test_* every epoch), recon_epochNNN.png
 (test inputs above their reconstructions), state.pt (resume point, every epoch) and, at the end,
-ckpt.pt (best epoch).
+ckpt.pt (best epoch); with --tensorboard also the same curves and pictures under tensorboard/.
 Re-running resumes an interrupted run; a finished run is left alone unless --fresh is given.
 """
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
@@ -20,10 +19,12 @@ import torch
 from tqdm import tqdm
 
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
-from stage1_vqvae.config import LEVEL_NAMES, VQVAEConfig
-from stage1_vqvae.data import eval_batches, load_splits, to_model_range, train_batches
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.data import load_splits, to_model_range, train_batches
+from stage1_vqvae.metrics import evaluate, format_all_metrics, format_metrics, format_usage, levels_text
 from stage1_vqvae.model import VQVAE
 from tools.common.cli import UserError, build_parser, config_from, given_config_values, main_entry
+from tools.common.curves import Curves
 from tools.common.files import append_jsonl, write_json
 from tools.common.images import save_comparison
 from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
@@ -32,7 +33,6 @@ from tools.common.optimization import Optimization
 from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             say, write_config)
 
-EVAL_BATCH = 512
 PREVIEW_IMAGES = 16
 
 
@@ -60,46 +60,6 @@ def check_same_split(cfg: VQVAEConfig, note: str) -> VQVAEConfig:
     return dataclasses.replace(cfg, val_split=note)
 
 
-def psnr(mse_unit_range: float) -> float:
-    """PSNR in dB for an MSE measured on the [0, 1] scale."""
-    return 10 * math.log10(1.0 / max(mse_unit_range, 1e-12))
-
-
-@torch.no_grad()
-def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict:
-    """Held-out loss, MSE and PSNR on the [0, 1] scale, perplexity and codes used over the whole split.
-
-    With two levels, codes_used_top/bottom and perplexity_top/bottom are given too; codes_used and
-    perplexity are the bottom level's.
-    """
-    model.eval()
-    totals = {"loss": 0.0, "recon": 0.0, "mse": 0.0}
-    counts = [torch.zeros(k, device=device) for k in model.cfg.codebook_sizes]
-    for x in eval_batches(images, EVAL_BATCH, device):
-        with autocast(device, precision):
-            x_hat, loss, parts = model(x)
-        n = x.shape[0]
-        totals["loss"] += loss.item() * n
-        totals["recon"] += parts["recon"].item() * n
-        totals["mse"] += torch.mean(((x_hat.float() - x) / 2) ** 2).item() * n  # /2: [-1,1] -> [0,1] scale
-        for level_counts, indices in zip(counts, parts["level_indices"]):
-            level_counts += torch.bincount(indices.flatten(), minlength=level_counts.shape[0])
-    metrics = {k: v / images.shape[0] for k, v in totals.items()}
-    metrics["psnr"] = psnr(metrics["mse"])
-    for name, level_counts in zip(model.cfg.level_names, counts):
-        suffix = f"_{name}" if model.levels > 1 else ""
-        metrics[f"perplexity{suffix}"], metrics[f"codes_used{suffix}"] = usage(level_counts)
-    if model.levels > 1:
-        metrics["perplexity"], metrics["codes_used"] = metrics["perplexity_bottom"], metrics["codes_used_bottom"]
-    return metrics
-
-
-def usage(counts: torch.Tensor) -> tuple:
-    """(perplexity, codes used) of a histogram of code counts."""
-    p = counts / counts.sum()
-    return math.exp(-(p[p > 0] * p[p > 0].log()).sum().item()), int((counts > 0).sum().item())
-
-
 def train_epoch(model, optimization, images, cfg, device, progress, stop) -> dict | None:
     """Train until the end of the current epoch (or a stop signal: then None); returns mean losses."""
     model.train()
@@ -118,11 +78,11 @@ def train_epoch(model, optimization, images, cfg, device, progress, stop) -> dic
     return progress.epoch_means()
 
 
-def save_preview(model: VQVAE, test_images: torch.Tensor, path: Path, device) -> None:
-    """Save the first test images above their reconstructions."""
+def save_preview(model: VQVAE, test_images: torch.Tensor, path: Path, device) -> torch.Tensor:
+    """Save the first test images above their reconstructions; returns the picture (3, H, W) in [0, 1]."""
     model.eval()
     x = to_model_range(test_images[:PREVIEW_IMAGES].to(device))
-    save_comparison(x, model.decode_indices(model.encode(x)), path)
+    return save_comparison(x, model.decode_indices(model.encode(x)), path)
 
 
 def run_eval_only(args, given: dict) -> None:
@@ -140,30 +100,6 @@ def run_eval_only(args, given: dict) -> None:
     write_json(out_dir / "eval.json", {"checkpoint": str(ckpt_path), "dataset": cfg.dataset, **metrics})
     print(f"{ckpt_path} on {cfg.dataset} test ({test_images.shape[0]} images): " + format_all_metrics(metrics))
     print(f"wrote {out_dir / 'eval_recon.png'} and {out_dir / 'eval.json'}")
-
-
-def format_usage(m: dict, perplexity: bool = False) -> str:
-    """Codes used (and perplexity) per level: 'codes used 500', or 'codes used top 240 bottom 500'."""
-    suffixes = [f"_{n}" for n in LEVEL_NAMES if f"codes_used_{n}" in m] or [""]
-    label = lambda suffix: suffix[1:] + " " if suffix else ""  # noqa: E731
-    text = "codes used " + " ".join(f"{label(x)}{m['codes_used' + x]}" for x in suffixes)
-    if perplexity:
-        text = "perplexity " + " ".join(f"{label(x)}{m['perplexity' + x]:.1f}" for x in suffixes) + "  " + text
-    return text
-
-
-def levels_text(cfg: VQVAEConfig) -> str:
-    """'8x8 codes' or 'top 4x4 + bottom 8x8 codes'."""
-    grids = [f"{h}x{w}" for h, w in cfg.grid_shapes]
-    return f"{grids[0]} codes" if cfg.levels == 1 else f"top {grids[0]} + bottom {grids[1]} codes"
-
-
-def format_metrics(m: dict) -> str:
-    return f"MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  {format_usage(m)}"
-
-
-def format_all_metrics(m: dict) -> str:
-    return f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  {format_usage(m, perplexity=True)}"
 
 
 @main_entry
@@ -185,6 +121,7 @@ def train(given: dict, fresh: bool) -> None:
     if cfg is None:
         return
     out_dir = Path(cfg.out_dir)
+    curves = Curves(out_dir, cfg.tensorboard)
     device = pick_device(cfg.device)
     configure_backend(device)
     seed_everything(cfg.seed)
@@ -202,7 +139,7 @@ def train(given: dict, fresh: bool) -> None:
     say(f"training on {images['train'].shape[0]} {cfg.dataset} images ({cfg.image_size} px, {levels_text(cfg)}), choosing the epoch on {images['val'].shape[0]} "
         f"validation images, testing on {images['test'].shape[0]}, device {device}"
         + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
-    with StopSignal() as stop:
+    with StopSignal() as stop, curves:
         while progress.epoch < cfg.epochs:
             start, images_left = time.perf_counter(), images["train"].shape[0] - progress.batch * cfg.batch_size * world
             train = train_epoch(parallel, optimization, images["train"], cfg, device, progress, stop)
@@ -218,7 +155,8 @@ def train(given: dict, fresh: bool) -> None:
                       "seconds": seconds, "img_per_s": images_left / seconds, "processes": world}
             if distributed.is_main():
                 append_jsonl(out_dir / METRICS, record)
-                save_preview(model, images["test"], out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
+                preview = save_preview(model, images["test"], out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
+                curves.log(progress.epoch, record, {"test/reconstructions": preview})
             save_state(out_dir, STAGE, cfg, model, optimization, progress)
             say(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(val)}  "
                 f"test {format_metrics(test)}  ({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")

@@ -7,6 +7,7 @@ Fields marked `cli=False` are not flags: they are read from the encoded dataset'
 from dataclasses import dataclass
 
 from tools.common.cli import derived, opt
+from tools.common.curves import FLAG_HELP as TENSORBOARD_HELP
 
 # name: (hidden_channels, layers)
 SIZES = {"small": (64, 6), "base": (128, 8), "large": (192, 12)}
@@ -40,6 +41,7 @@ class PriorConfig:
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
     compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
     precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32", choices=["auto", "fp32", "bf16"])
+    tensorboard: bool = opt(False, TENSORBOARD_HELP.format(what="train, validation and test bits per code"))
     # from meta.json
     codebook_size: int = derived(512)
     grid_height: int = derived(8)

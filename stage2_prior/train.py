@@ -6,7 +6,8 @@ Codebook size, grid shape and class count come from CODES_DIR/meta.json, never f
 With --weight-ema, a moving average of the weights is what is evaluated and saved.
 Writes to --out-dir: config.json, metrics.jsonl (train, val and test bits per code every epoch, and
 with --weight-ema the raw weights' figures beside the average's), state.pt (resume point, every epoch) and, at the
-end, ckpt.pt (the epoch with the lowest validation bits per code). The end of training prints the
+end, ckpt.pt (the epoch with the lowest validation bits per code); with --tensorboard the same curves
+under tensorboard/. The end of training prints the
 selected epoch's train, validation and test figures and the train/test gap.
 Re-running resumes an interrupted run; a finished run is left alone unless --fresh is given.
 """
@@ -24,6 +25,7 @@ from stage2_prior.config import PriorConfig
 from stage2_prior.data import count, level_specs, load_splits, read_meta, take, to_device
 from stage2_prior.hierarchy import LEVEL_NAMES, build_prior
 from tools.common.cli import UserError, build_parser, given_config_values, main_entry
+from tools.common.curves import Curves
 from tools.common.files import append_jsonl
 from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
 from tools.common import distributed
@@ -126,6 +128,7 @@ def train(given: dict, fresh: bool) -> None:
         raise UserError(f"{cfg.codes_dir} was re-encoded by another stage-1 checkpoint since this run started; use --fresh")
     cfg = with_meta(cfg, meta)
     out_dir = Path(cfg.out_dir)
+    curves = Curves(out_dir, cfg.tensorboard)
     device = pick_device(cfg.device)
     configure_backend(device)
     seed_everything(cfg.seed)
@@ -140,9 +143,9 @@ def train(given: dict, fresh: bool) -> None:
         say("compiling the model (the first steps are slower)")
     parallel = distributed.wrap(model, device)
     announce(cfg, data, carved, device)
-    with StopSignal() as stop:
+    with StopSignal() as stop, curves:
         while progress.epoch < cfg.epochs:
-            train_epoch_and_log(parallel, model, optimization, data, cfg, device, progress, stop)
+            train_epoch_and_log(parallel, model, optimization, data, cfg, device, progress, stop, curves)
     path = finish(out_dir, STAGE, cfg, progress)
     report_selected(cfg, progress, data, device, path)
 
@@ -171,8 +174,8 @@ def evaluate_splits(model, data: dict, cfg: PriorConfig, device, prefix: str = "
             for name, value in split_bits(model, *data[split], device, cfg.precision).items()}
 
 
-def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progress, stop) -> None:
-    """One epoch, then validation and test figures, the best-so-far update, the log line and the saved state."""
+def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progress, stop, curves) -> None:
+    """One epoch, then validation and test figures, the best-so-far update, the log lines and the saved state."""
     out_dir, world = Path(cfg.out_dir), distributed.world_size()
     start, maps_left = time.perf_counter(), count(data["train"][0]) - progress.batch * cfg.batch_size * world
     train_bits = train_epoch(parallel, optimization, *data["train"], cfg, device, progress, stop)
@@ -185,11 +188,12 @@ def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progre
     if evaluated is not model:  # the raw weights' figures show what the average gains
         figures.update(evaluate_splits(model, data, cfg, device, prefix="raw_"))
     is_best = progress.record_epoch(figures["val_bits_per_code"], evaluated, figures)
+    record = {"epoch": progress.epoch, "step": progress.step, "lr": optimization.scheduler.get_last_lr()[0],
+              "train_bits_per_code": train_bits, **figures, "seconds": seconds, "maps_per_s": maps_left / seconds,
+              "processes": world}
     if distributed.is_main():
-        append_jsonl(out_dir / METRICS, {"epoch": progress.epoch, "step": progress.step,
-                                         "lr": optimization.scheduler.get_last_lr()[0],
-                                         "train_bits_per_code": train_bits, **figures, "seconds": seconds,
-                                         "maps_per_s": maps_left / seconds, "processes": world})
+        append_jsonl(out_dir / METRICS, record)
+        curves.log(progress.epoch, record)
     save_state(out_dir, STAGE, cfg, model, optimization, progress)
     say(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}  val {figures['val_bits_per_code']:.3f}  "
         f"test {figures['test_bits_per_code']:.3f} bits/code{level_text(figures, 'test_')}  ({maps_left / seconds:.0f} maps/s)"

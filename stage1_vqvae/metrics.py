@@ -1,0 +1,96 @@
+"""Stage-1 figures on a held-out split: MSE and PSNR on the [0, 1] scale, codes used, perplexity, decoder bits/dim.
+
+Used by `stage1_vqvae.train` every epoch and by `tools.evaluate`; the formatting helpers give the
+one-line summaries both print.
+"""
+
+import math
+
+import torch
+
+from stage1_vqvae import likelihood
+from stage1_vqvae.config import LEVEL_NAMES, VQVAEConfig
+from stage1_vqvae.data import eval_batches
+from stage1_vqvae.model import VQVAE
+from tools.common.runtime import autocast
+
+EVAL_BATCH = 512
+LOGITS_PER_PIXEL_BATCH = 64  # a categorical decoder's 768 logits per pixel: 512 images would take gigabytes
+
+
+def eval_batch_size(cfg: VQVAEConfig) -> int:
+    """Images per evaluation batch: fewer for a categorical decoder, whose output is 256 times larger."""
+    return LOGITS_PER_PIXEL_BATCH if likelihood.models_likelihood(cfg.recon_loss) else EVAL_BATCH
+
+
+def psnr(mse_unit_range: float) -> float:
+    """PSNR in dB for an MSE measured on the [0, 1] scale."""
+    return 10 * math.log10(1.0 / max(mse_unit_range, 1e-12))
+
+
+@torch.no_grad()
+def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict:
+    """Held-out loss, MSE and PSNR on the [0, 1] scale, perplexity and codes used over the whole split.
+
+    With two levels, codes_used_top/bottom and perplexity_top/bottom are given too; codes_used and
+    perplexity are the bottom level's. A categorical decoder's "recon" is its mean negative log-likelihood
+    in nats per sub-pixel, also given as decoder_bits_per_dim (-log2 p(x | z) per sub-pixel).
+    """
+    model.eval()
+    totals = {"loss": 0.0, "recon": 0.0, "mse": 0.0}
+    counts = [torch.zeros(k, device=device) for k in model.cfg.codebook_sizes]
+    for x in eval_batches(images, eval_batch_size(model.cfg), device):
+        with autocast(device, precision):
+            x_hat, loss, parts = model(x)
+        n = x.shape[0]
+        totals["loss"] += loss.item() * n
+        totals["recon"] += parts["recon"].item() * n
+        totals["mse"] += torch.mean(((x_hat.float() - x) / 2) ** 2).item() * n  # /2: [-1,1] -> [0,1] scale
+        for level_counts, indices in zip(counts, parts["level_indices"]):
+            level_counts += torch.bincount(indices.flatten(), minlength=level_counts.shape[0])
+    metrics = {k: v / images.shape[0] for k, v in totals.items()}
+    metrics["psnr"] = psnr(metrics["mse"])
+    if likelihood.models_likelihood(model.cfg.recon_loss):
+        metrics["decoder_bits_per_dim"] = metrics["recon"] / math.log(2)
+    for name, level_counts in zip(model.cfg.level_names, counts):
+        suffix = f"_{name}" if model.levels > 1 else ""
+        metrics[f"perplexity{suffix}"], metrics[f"codes_used{suffix}"] = usage(level_counts)
+    if model.levels > 1:
+        metrics["perplexity"], metrics["codes_used"] = metrics["perplexity_bottom"], metrics["codes_used_bottom"]
+    return metrics
+
+
+def usage(counts: torch.Tensor) -> tuple:
+    """(perplexity, codes used) of a histogram of code counts."""
+    p = counts / counts.sum()
+    return math.exp(-(p[p > 0] * p[p > 0].log()).sum().item()), int((counts > 0).sum().item())
+
+
+def format_usage(m: dict, perplexity: bool = False) -> str:
+    """Codes used (and perplexity) per level: 'codes used 500', or 'codes used top 240 bottom 500'."""
+    suffixes = [f"_{n}" for n in LEVEL_NAMES if f"codes_used_{n}" in m] or [""]
+    label = lambda suffix: suffix[1:] + " " if suffix else ""  # noqa: E731
+    text = "codes used " + " ".join(f"{label(x)}{m['codes_used' + x]}" for x in suffixes)
+    if perplexity:
+        text = "perplexity " + " ".join(f"{label(x)}{m['perplexity' + x]:.1f}" for x in suffixes) + "  " + text
+    return text
+
+
+def levels_text(cfg: VQVAEConfig) -> str:
+    """'8x8 codes' or 'top 4x4 + bottom 8x8 codes'."""
+    grids = [f"{h}x{w}" for h, w in cfg.grid_shapes]
+    return f"{grids[0]} codes" if cfg.levels == 1 else f"top {grids[0]} + bottom {grids[1]} codes"
+
+
+def decoder_text(m: dict) -> str:
+    """'  decoder 3.210 bits/dim' for a categorical decoder's figures, '' otherwise."""
+    return f"  decoder {m['decoder_bits_per_dim']:.3f} bits/dim" if "decoder_bits_per_dim" in m else ""
+
+
+def format_metrics(m: dict) -> str:
+    return f"MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB{decoder_text(m)}  {format_usage(m)}"
+
+
+def format_all_metrics(m: dict) -> str:
+    return (f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB{decoder_text(m)}  "
+            f"{format_usage(m, perplexity=True)}")
