@@ -118,3 +118,10 @@ def test_make_recommend_uses_the_synthetic_ratings_by_default(tmp_path):
     results = json.loads((tmp_path / "recommend" / "results.json").read_text())
     assert results["dataset"] == "synthetic" and results["best_quantized"] == "grouped+genres"
     assert np.load(tmp_path / "recommend" / "item_codes.npy").shape == (300, 4)
+
+
+def test_help_lists_the_config_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        recommend.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--dataset {synthetic,movielens}" in out and "--max-cold-train" in out

@@ -142,3 +142,10 @@ def test_resume_refuses_changed_vectors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(tmp_path)
     assert exit_info.value.code == 1 and "changed since this run started" in capsys.readouterr().err
+
+
+def test_help_lists_the_config_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        vectors.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--groups" in out and "--stages" in out and "--fresh" in out

@@ -67,13 +67,18 @@ class RecommendConfig:
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
     threads: int = opt(1, "CPU threads (0: torch's default); the steps are small, so more threads mostly wait")
 
+    def __post_init__(self):
+        unknown = [name for name in self.model_names if name not in MODELS]
+        if unknown or not self.model_names:
+            raise UserError(f"unknown model(s) {unknown or self.models!r}; choose from {', '.join(MODELS)}")
+        if self.embed_dim % self.groups:
+            raise UserError(f"--groups {self.groups} does not divide --embed-dim {self.embed_dim}")
+        if min(self.max_cold_train, self.epochs, self.batch_size, self.codebook_size, self.stages) < 1:
+            raise UserError("--max-cold-train, --epochs, --batch-size, --codebook-size and --stages must be at least 1")
+
     @property
     def model_names(self) -> list:
-        names = [n.strip() for n in self.models.split(",") if n.strip()]
-        unknown = [n for n in names if n not in MODELS]
-        if unknown or not names:
-            raise UserError(f"unknown model(s) {unknown or self.models!r}; choose from {', '.join(MODELS)}")
-        return names
+        return [name.strip() for name in self.models.split(",") if name.strip()]
 
 
 def load_ratings(cfg: RecommendConfig) -> Ratings:
@@ -111,11 +116,15 @@ class Part:
 
 
 @torch.no_grad()
-def rmse(model: RatingModel, part: Part) -> float:
-    """Root mean squared error of the predictions, clipped to the rating scale."""
-    model.eval()
-    predictions = model(part.users, part.items)[0].clamp(0.5, 5.0)
-    return torch.sqrt(F.mse_loss(predictions, part.ratings)).item()
+def predict(model: RatingModel, part: Part) -> torch.Tensor:
+    """The model's ratings for a part, in eval mode."""
+    return model.eval()(part.users, part.items)[0]
+
+
+def scores(predict_part, parts: dict) -> dict:
+    """{part name: RMSE} of the predictions, clipped to the rating scale, of `predict_part(part)`."""
+    return {name: torch.sqrt(F.mse_loss(predict_part(part).clamp(0.5, 5.0), part.ratings)).item()
+            for name, part in parts.items()}
 
 
 def train_model(model: RatingModel, train: Part, val: Part, cfg: RecommendConfig, name: str) -> tuple:
@@ -133,7 +142,7 @@ def train_model(model: RatingModel, train: Part, val: Part, cfg: RecommendConfig
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        score = rmse(model, val)
+        score = scores(lambda part: predict(model, part), {"val": val})["val"]
         if score < best[0]:
             best = (score, copy.deepcopy(model.state_dict()), epoch)
     if best[1] is None:
@@ -152,27 +161,22 @@ def run_models(cfg: RecommendConfig, data: Ratings, split: Split, device) -> tup
     train, val, test = (Part(data, indices, device) for indices in (split.train, split.val, split.test))
     cold = torch.from_numpy(np.isin(data.items[split.test], split.cold_items)).to(device)
     mean = train.ratings.mean().item()
-    results = {"global mean": {**{k: rmse_of_constant(mean, p) for k, p in
-                                  (("val", val), ("test", test), ("test_cold", test.subset(cold)),
-                                   ("test_warm", test.subset(~cold)))}, "best_epoch": 0, "seconds": 0.0}}
+    parts = {"val": val, "test": test, "test_cold": test.subset(cold), "test_warm": test.subset(~cold)}
+    results = {"global mean": {**scores(lambda part: torch.full_like(part.ratings, mean), parts), "best_epoch": 0,
+                               "seconds": 0.0}}
     models = {}
     for name in cfg.model_names:
         start = time.perf_counter()
         model = build_model(name, cfg, data, mean).to(device)
         state, epoch = train_model(model, train, val, cfg, name)
         model.load_state_dict(state)
-        results[name] = {"val": rmse(model, val), "test": rmse(model, test), "test_cold": rmse(model, test.subset(cold)),
-                         "test_warm": rmse(model, test.subset(~cold)), "best_epoch": epoch,
+        results[name] = {**scores(lambda part: predict(model, part), parts), "best_epoch": epoch,
                          "seconds": round(time.perf_counter() - start, 1)}
         if model.quantizer is not None:
             results[name]["codes_used"] = [u["codes_used"] for u in model.quantizer.usage(item_codes(model))]
         models[name] = model
         print(table_row(name, results[name]), flush=True)
     return results, models
-
-
-def rmse_of_constant(value: float, part: Part) -> float:
-    return torch.sqrt(F.mse_loss(torch.full_like(part.ratings, value), part.ratings)).item()
 
 
 def table_row(name: str, r: dict) -> str:
@@ -208,7 +212,6 @@ def write_best_codes(cfg: RecommendConfig, data: Ratings, results: dict, models:
 def main(argv=None):
     parser = build_parser(RecommendConfig, __doc__.split("\n")[0])
     cfg = config_from(RecommendConfig, given_config_values(RecommendConfig, parser.parse_args(argv)))
-    cfg.model_names  # noqa: B018 - refuse unknown names before any work
     with cpu_threads(cfg.threads):
         run(cfg)
 
