@@ -20,6 +20,8 @@ N_SAMPLES ?= 64
 VQVAE_ARGS ?=
 PRIOR_ARGS ?=
 SAMPLE_ARGS ?=
+EVAL_ARGS ?=
+COMPLETE_ARGS ?=
 PYTEST_ARGS ?=
 # NPROC=N trains on N processes (GPUs) with torchrun; empty: one process.
 NPROC ?=
@@ -31,6 +33,8 @@ VQVAE_CKPT := $(RUN_DIR)/vqvae/ckpt.pt
 CODES_META := $(RUN_DIR)/codes/meta.json
 PRIOR_CKPT := $(RUN_DIR)/prior/ckpt.pt
 SAMPLES := $(RUN_DIR)/samples/samples.png
+EVAL := $(RUN_DIR)/eval/eval.json
+COMPLETIONS := $(RUN_DIR)/complete/completions.png
 
 # Encoding follows the dataset the checkpoint was trained on unless DATASET/DATA_DIR are given.
 given = $(filter command line environment,$(origin $(1)))
@@ -47,7 +51,7 @@ DEMO_HIERARCHICAL_VARS := RUN_DIR=runs/demo-hierarchical DATASET=shapes EPOCHS=8
 	VQVAE_ARGS="--levels 2 --image-size 64 --downsample 8 --shapes-train 3000 --shapes-test 500 --codebook-size 128 --batch-size 64 --lr 1e-3" \
 	PRIOR_ARGS="--hidden-channels 64 --batch-size 64 --lr 1e-3"
 
-.PHONY: help install train-vqvae encode-dataset train-prior sample demo demo-hierarchical test bench clean distclean
+.PHONY: help install train-vqvae encode-dataset train-prior sample evaluate complete demo demo-hierarchical test bench clean distclean
 
 help:
 	@echo "make demo            whole pipeline on built-in shapes data -> runs/demo/samples/samples.png"
@@ -57,12 +61,14 @@ help:
 	@echo "make encode-dataset  codes    -> \$$(RUN_DIR)/codes/{train,val,test}.npy, meta.json (2 levels: *_top.npy, *_bottom.npy)"
 	@echo "make train-prior     stage 2  -> \$$(RUN_DIR)/prior/ckpt.pt"
 	@echo "make sample          samples  -> \$$(RUN_DIR)/samples/samples.png, samples.npy"
+	@echo "make evaluate        figures  -> \$$(RUN_DIR)/eval/eval.json (PSNR, bits/code, bits/dim, FID, KID), recon.png, samples.png"
+	@echo "make complete        prior completes the lower half of test images -> \$$(RUN_DIR)/complete/completions.png"
 	@echo "make bench           speed of every stage on this device -> bench.json"
 	@echo "make recommend       do item codes help cold items? synthetic ratings (DATASET=movielens: ml-latest-small)"
 	@echo "                     -> \$$(RUN_DIR)/recommend/results.json, item_codes.npy (other flags: RECOMMEND_ARGS)"
 	@echo "make clean           remove runs/ (make distclean: also the virtual environment)"
 	@echo "variables: DATASET=cifar10|folder|shapes DATA_DIR RUN_DIR DEVICE EPOCHS PRIOR_EPOCHS N_SAMPLES NPROC"
-	@echo "           VQVAE_ARGS PRIOR_ARGS SAMPLE_ARGS (any other flag; see python -m <module> --help)"
+	@echo "           VQVAE_ARGS PRIOR_ARGS SAMPLE_ARGS EVAL_ARGS COMPLETE_ARGS (any other flag; see python -m <module> --help)"
 
 install: $(INSTALLED)
 
@@ -90,6 +96,14 @@ sample: $(SAMPLES)
 $(SAMPLES): $(PRIOR_CKPT) $(VQVAE_CKPT) | $(NEED_VENV)
 	$(PY) -m tools.sample --prior $(PRIOR_CKPT) --vqvae $(VQVAE_CKPT) --out-dir $(@D) \
 		--n $(N_SAMPLES) --device $(DEVICE) $(SAMPLE_ARGS)
+
+evaluate: $(EVAL)
+$(EVAL): $(PRIOR_CKPT) $(VQVAE_CKPT) $(CODES_META) | $(NEED_VENV)
+	$(PY) -m tools.evaluate --run-dir $(RUN_DIR) --device $(DEVICE) $(ENCODE_DATA) $(EVAL_ARGS)
+
+complete: $(COMPLETIONS)
+$(COMPLETIONS): $(PRIOR_CKPT) $(VQVAE_CKPT) $(CODES_META) | $(NEED_VENV)
+	$(PY) -m tools.complete --run-dir $(RUN_DIR) --device $(DEVICE) $(ENCODE_DATA) $(COMPLETE_ARGS)
 
 demo: | $(NEED_VENV)
 	$(MAKE) --no-print-directory sample $(DEMO_VARS) DEVICE=$(DEVICE)

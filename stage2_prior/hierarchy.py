@@ -66,6 +66,16 @@ class HierarchicalPrior(nn.Module):
         top = self.top.sample(n, labels, temperature, top_k, generator, naive)
         return top, self.bottom.sample(n, None, temperature, top_k, generator, naive, cond=top)
 
+    @torch.no_grad()
+    def complete(self, codes, keep_rows: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, naive: bool = False) -> tuple:
+        """Keep the whole top map and the first `keep_rows` rows of the bottom map; draw the rest of the bottom.
+
+        `labels` are accepted for the same call as a one-level prior; they only condition the top map, which is kept.
+        """
+        top, bottom = self._split(codes)
+        return top, self.bottom.complete(bottom, keep_rows, None, temperature, top_k, generator, naive, cond=top)
+
 
 def build_prior(cfg: PriorConfig) -> nn.Module:
     """The prior a config describes: a GatedPixelCNN for one level of codes, a HierarchicalPrior for two."""

@@ -108,19 +108,40 @@ class GatedPixelCNN(nn.Module):
         runs one full forward pass per position instead (the reference the fast path is tested against).
         Dropout is off while sampling, whatever mode the model is in.
         """
+        return self._draw(n, None, 0, labels, temperature, top_k, generator, naive, cond)
+
+    @torch.no_grad()
+    def complete(self, codes: torch.Tensor, keep_rows: int, labels=None, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None, naive: bool = False,
+                 cond=None) -> torch.Tensor:
+        """Keep the first `keep_rows` rows of each map `codes` (n, H, W) and draw the rest in raster order.
+
+        The draws are those `sample` would make at the same positions given the same rows (cached or naive alike).
+        """
+        if codes.dim() != 3 or tuple(codes.shape[1:]) != (self.cfg.grid_height, self.cfg.grid_width):
+            raise ValueError(f"codes must be (n, {self.cfg.grid_height}, {self.cfg.grid_width}), got {tuple(codes.shape)}")
+        if not 0 <= keep_rows <= self.cfg.grid_height:
+            raise ValueError(f"keep_rows must be in [0, {self.cfg.grid_height}], got {keep_rows}")
+        return self._draw(codes.shape[0], codes.long(), keep_rows, labels, temperature, top_k, generator, naive, cond)
+
+    def _draw(self, n, given, keep_rows, labels, temperature, top_k, generator, naive, cond) -> torch.Tensor:
         was_training = self.training
         self.eval()
         try:
-            return self._sample(n, labels, temperature, top_k, generator, naive, cond)
+            device = self.embedding.weight.device
+            if not naive:
+                biases = self.layer_biases(labels, cond, n, device)
+                return sample_cached(self, n, biases, temperature, top_k, generator, given, keep_rows)
+            return self._draw_naive(n, given, keep_rows, labels, temperature, top_k, generator, cond)
         finally:
             self.train(was_training)
 
-    def _sample(self, n, labels, temperature, top_k, generator, naive, cond) -> torch.Tensor:
-        device = self.embedding.weight.device
-        if not naive:
-            return sample_cached(self, n, self.layer_biases(labels, cond, n, device), temperature, top_k, generator)
-        codes = torch.zeros(n, self.cfg.grid_height, self.cfg.grid_width, dtype=torch.long, device=device)
-        for i in range(self.cfg.grid_height):
+    def _draw_naive(self, n, given, keep_rows, labels, temperature, top_k, generator, cond) -> torch.Tensor:
+        codes = torch.zeros(n, self.cfg.grid_height, self.cfg.grid_width, dtype=torch.long,
+                            device=self.embedding.weight.device)
+        if given is not None:
+            codes[:, :keep_rows] = given[:, :keep_rows]
+        for i in range(keep_rows, self.cfg.grid_height):
             for j in range(self.cfg.grid_width):
                 logits = self.logits(codes, labels, cond)
                 codes[:, i, j] = draw(logits[:, :, i, j], temperature, top_k, generator)

@@ -7,6 +7,9 @@ that position is computed, from per-layer row buffers of the positions to its le
 arithmetic the logits are those of the full forward pass, so with the same generator the draws are
 the same code for code (float32 rounding differs in the last bits, which can only change a draw
 that falls within about 1e-6 of a probability boundary; the tests compare in float64).
+
+Completion starts from a partly filled map: the kept rows are never drawn, they only pass through the
+vertical stack (the horizontal stack of a row feeds nothing below it), and drawing begins after them.
 """
 
 import torch
@@ -38,6 +41,10 @@ class _LayerCache:
         """Store this layer's vertical input for row i: (n, C, W)."""
         self.vertical_in[:, :, i + self.top, self.half : self.half + row.shape[-1]] = row
 
+    def write_vertical_position(self, i: int, j: int, value: torch.Tensor) -> None:
+        """Store this layer's vertical input at (i, j): (n, C)."""
+        self.vertical_in[:, :, i + self.top, self.half + j] = value
+
     def horizontal_at(self, j: int) -> torch.Tensor:
         """Pre-activation horizontal features at column j of the current row: (n, 2C)."""
         first = j + self.half + 1 - self.half - self.shift
@@ -57,39 +64,59 @@ def _linear_1x1(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_cached(model, n: int, biases: list, temperature: float, top_k, generator) -> torch.Tensor:
+def sample_cached(model, n: int, biases: list, temperature: float, top_k, generator, given=None,
+                  keep_rows: int = 0) -> torch.Tensor:
     """Draw n code maps (n, H, W) from a GatedPixelCNN given each layer's gate bias (`model.layer_biases`).
 
-    Same draws as `model.sample(..., naive=True)` for the same generator.
+    With `given` (n, H, W), its first `keep_rows` rows are kept and only the rest is drawn (completion).
+    Same draws as `model.sample(..., naive=True)` (or `model.complete(..., naive=True)`) for the same generator.
     """
     cfg = model.cfg
     height, width, channels = cfg.grid_height, cfg.grid_width, cfg.hidden_channels
     weight = model.embedding.weight
     codes = torch.zeros(n, height, width, dtype=torch.long, device=weight.device)
+    if given is not None:
+        codes[:, :keep_rows] = given[:, :keep_rows]
     caches = [_LayerCache(layer, n, channels, height, width, weight) for layer in model.layers]
     # Every bias as (n, 2C, H, W): class biases and zeros are expanded views (adding exact zeros changes nothing).
     biases = [weight.new_zeros(1, 2 * channels, 1, 1) if b is None else b for b in biases]
     biases = [b.expand(n, 2 * channels, height, width) for b in biases]
-    head_hidden, head_out = model.head[1], model.head[3]
     for i in range(height):
-        to_horizontal = []
-        for l, cache in enumerate(caches):
-            v_pre = cache.vertical_row(i)  # (n, 2C, 1, W)
-            to_horizontal.append(cache.layer.vertical_to_horizontal(v_pre)[:, :, 0])  # (n, 2C, W)
-            if l + 1 < len(caches):
-                caches[l + 1].write_vertical_input(i, gate(v_pre + biases[l][:, :, i : i + 1])[:, :, 0])
-            cache.start_row()
+        to_horizontal = _vertical_pass(caches, biases, i)
+        if i < keep_rows:  # a kept row feeds the rows below through the vertical stack only
+            caches[0].write_vertical_input(i, F.embedding(codes[:, i], weight).transpose(1, 2))  # (n, C, W)
+            continue
         for j in range(width):
-            h = None
-            for l, cache in enumerate(caches):
-                h_pre = cache.horizontal_at(j) + to_horizontal[l][:, :, j] + biases[l][:, :, i, j]
-                h_out = _linear_1x1(cache.layer.horizontal_out, gate(h_pre))
-                h = h_out if cache.layer.first else h_out + h
-                if l + 1 < len(caches):
-                    caches[l + 1].write_horizontal_input(j, h)
-            logits = _linear_1x1(head_out, F.relu(_linear_1x1(head_hidden, F.relu(h))))  # (n, K)
+            logits = _horizontal_logits(model, caches, to_horizontal, biases, i, j)  # (n, K)
             codes[:, i, j] = draw(logits, temperature, top_k, generator)
             embedded = F.embedding(codes[:, i, j], weight)  # (n, C)
             caches[0].write_horizontal_input(j, embedded)
-            caches[0].vertical_in[:, :, i + caches[0].top, caches[0].half + j] = embedded
+            caches[0].write_vertical_position(i, j, embedded)
     return codes
+
+
+def _vertical_pass(caches: list, biases: list, i: int) -> list:
+    """Every layer's vertical stack for row i: feeds the next layer's vertical input and returns, per layer,
+    what the vertical stack adds to the horizontal one along the row: (n, 2C, W)."""
+    to_horizontal = []
+    for l, cache in enumerate(caches):
+        v_pre = cache.vertical_row(i)  # (n, 2C, 1, W)
+        to_horizontal.append(cache.layer.vertical_to_horizontal(v_pre)[:, :, 0])
+        if l + 1 < len(caches):
+            caches[l + 1].write_vertical_input(i, gate(v_pre + biases[l][:, :, i : i + 1])[:, :, 0])
+        cache.start_row()
+    return to_horizontal
+
+
+def _horizontal_logits(model, caches: list, to_horizontal: list, biases: list, i: int, j: int) -> torch.Tensor:
+    """Every layer's horizontal stack at (i, j), then the head: the logits of position (i, j), (n, K)."""
+    h = None
+    for l, cache in enumerate(caches):
+        h_pre = cache.horizontal_at(j) + to_horizontal[l][:, :, j] + biases[l][:, :, i, j]
+        h_out = _linear_1x1(cache.layer.horizontal_out, gate(h_pre))
+        h = h_out if cache.layer.first else h_out + h
+        if l + 1 < len(caches):
+            caches[l + 1].write_horizontal_input(j, h)
+    head_hidden, head_out = model.head[1], model.head[3]
+    return _linear_1x1(head_out, F.relu(_linear_1x1(head_hidden, F.relu(h))))
+

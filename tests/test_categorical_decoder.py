@@ -10,6 +10,7 @@ from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import to_model_range
 from stage1_vqvae.metrics import evaluate
 from stage1_vqvae.model import VQVAE
+from tests.tiny_run import one_thread  # noqa: F401 (autouse)
 
 
 def tiny(recon_loss="categorical", **overrides) -> VQVAE:

@@ -7,7 +7,7 @@ import pytest
 
 from stage1_vqvae import train as stage1_train
 from stage2_prior import train as stage2_train
-from tests.tiny_run import make_tiny_run
+from tests.tiny_run import make_tiny_run, one_thread  # noqa: F401 (autouse)
 from tools.common.cli import UserError
 from tools.common.curves import Curves
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from stage1_vqvae import encode
@@ -12,8 +13,19 @@ from stage2_prior.hierarchy import build_prior
 from stage2_prior.train import with_meta
 from tests.conftest import tiny_prior_config
 from tools.common.files import save_checkpoint
+from tools.common.runtime import cpu_threads
 
 SHAPES = dict(dataset="shapes", shapes_train=24, shapes_test=12, val_size=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are many small operations: on a busy 2-core CPU two threads made these tests 10-20x slower.
+
+    Autouse in every test module that imports it.
+    """
+    with cpu_threads(1):
+        yield
 
 
 def make_tiny_run(run_dir, recon_loss="categorical", levels=1, class_conditional=False, randomize=True):
