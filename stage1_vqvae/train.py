@@ -4,7 +4,8 @@
     python -m stage1_vqvae.train --eval-only                        # test metrics + pictures from ckpt.pt
 
 The best epoch is the one with the lowest validation MSE (not the total loss, whose commitment term
-drifts as the encoder moves); test metrics are logged every epoch but never used to choose.
+drifts as the encoder moves), or for a categorical decoder the lowest validation negative log-likelihood
+(what bits per dimension measures); test metrics are logged every epoch but never used to choose.
 Writes to --out-dir: config.json, metrics.jsonl (val_* and test_* every epoch), recon_epochNNN.png
 (test inputs above their reconstructions), state.pt (resume point, every epoch) and, at the end,
 ckpt.pt (best epoch); with --tensorboard also the same curves and pictures under tensorboard/.
@@ -34,6 +35,8 @@ from tools.common.training import (METRICS, StopSignal, epoch_generator, finish,
                             say, write_config)
 
 PREVIEW_IMAGES = 16
+# recon loss -> (the validation figure that chooses the epoch, its name in messages)
+SELECTED_BY = {"l1": ("mse", "MSE"), "l2": ("mse", "MSE"), "categorical": ("recon", "NLL")}
 
 
 def parse_args(argv):
@@ -149,7 +152,7 @@ def train(given: dict, fresh: bool) -> None:
             seconds = time.perf_counter() - start
             val, test = (evaluate(model, images[split], device, cfg.precision) for split in ("val", "test"))
             reported = {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
-            is_best = progress.record_epoch(val["mse"], model, reported)
+            is_best = progress.record_epoch(val[SELECTED_BY[cfg.recon_loss][0]], model, reported)
             record = {"epoch": progress.epoch, "step": progress.step, "lr": optimization.scheduler.get_last_lr()[0],
                       "train_loss": train["loss"], "train_recon": train["recon"], **reported,
                       "seconds": seconds, "img_per_s": images_left / seconds, "processes": world}
@@ -162,7 +165,8 @@ def train(given: dict, fresh: bool) -> None:
                 f"test {format_metrics(test)}  ({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")
     path = finish(out_dir, STAGE, cfg, progress)
     best = progress.best_metrics
-    say(f"best epoch {progress.best_epoch} by validation MSE ({best['val_mse']:.5f}): test PSNR "
+    key, name = SELECTED_BY[cfg.recon_loss]
+    say(f"best epoch {progress.best_epoch} by validation {name} ({best['val_' + key]:.5f}): test PSNR "
         f"{best['test_psnr']:.2f} dB, MSE {best['test_mse']:.5f}, "
         f"{format_usage({k[5:]: v for k, v in best.items() if k.startswith('test_')})} -> {path}")
     say(f"logs and pictures in {out_dir}/ (metrics.jsonl, config.json, recon_epoch*.png)")

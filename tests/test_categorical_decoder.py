@@ -1,16 +1,19 @@
 """The categorical decoder (--recon-loss categorical): its loss is the likelihood it reports; l1/l2 are unchanged."""
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from stage1_vqvae import train as stage1_train
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import to_model_range
 from stage1_vqvae.metrics import evaluate
 from stage1_vqvae.model import VQVAE
 from tests.tiny_run import one_thread  # noqa: F401 (autouse)
+from tools.common.files import load_checkpoint
 
 
 def tiny(recon_loss="categorical", **overrides) -> VQVAE:
@@ -78,3 +81,15 @@ def test_l1_and_l2_decoders_keep_their_form_and_give_no_likelihood(recon_loss):
     assert parts["recon"].item() == pytest.approx(distance.item(), rel=1e-6)
     with pytest.raises(ValueError, match="categorical"):
         model.log_likelihood(x, model.encode(x))
+
+
+def test_the_epoch_is_chosen_on_validation_likelihood(tmp_path):
+    """A categorical decoder's epoch is the one with the lowest validation NLL, the figure bits/dim depends on."""
+    stage1_train.main(["--dataset", "shapes", "--shapes-train", "24", "--shapes-test", "8", "--val-size", "4",
+                       "--codebook-size", "16", "--hidden-channels", "16", "--res-blocks", "1", "--embed-dim", "8",
+                       "--batch-size", "12", "--epochs", "4", "--lr", "3e-3", "--recon-loss", "categorical",
+                       "--device", "cpu", "--out-dir", str(tmp_path)])
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    by_nll = min(log, key=lambda record: record["val_recon"])["epoch"]
+    assert by_nll != min(log, key=lambda record: record["val_mse"])["epoch"]  # here the two disagree
+    assert load_checkpoint(tmp_path / "ckpt.pt", "vqvae")["epoch"] == by_nll
