@@ -24,6 +24,7 @@ from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import PriorConfig
 from stage2_prior.data import count, level_specs, load_splits, read_meta, take, to_device
 from stage2_prior.hierarchy import LEVEL_NAMES, build_prior
+from stage2_prior.metrics import labels_or_none, split_bits
 from tools.common.cli import UserError, build_parser, given_config_values, main_entry
 from tools.common.curves import Curves
 from tools.common.files import append_jsonl
@@ -33,7 +34,6 @@ from tools.common.optimization import Optimization
 from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             say, write_config)
 
-EVAL_BATCH = 1024
 
 
 def parse_args(argv):
@@ -62,29 +62,6 @@ def with_meta(cfg: PriorConfig, meta: dict) -> PriorConfig:
         stage1_checkpoint=meta.get("stage1_checkpoint", ""),
         stage1_sha256=meta["stage1_sha256"],
     )
-
-
-def labels_or_none(model, labels: torch.Tensor):
-    """The batch's labels for a class-conditional prior, None otherwise (`model` may be DDP-wrapped)."""
-    return labels if distributed.unwrap(model).cfg.class_conditional else None
-
-
-@torch.no_grad()
-def split_bits(model, codes, labels, device, precision: str) -> dict:
-    """Negative log-likelihood of a split: bits_per_code (over every code of every level), bits_per_image,
-    and with two levels top_bits_per_code and bottom_bits_per_code."""
-    model.eval()
-    nats = 0.0
-    for start in range(0, count(codes), EVAL_BATCH):
-        index = slice(start, start + EVAL_BATCH)
-        with autocast(device, precision):
-            nats = nats - model.level_log_probs(take(codes, index), labels_or_none(model, labels[index])).sum(0)
-    bits = nats.double() / count(codes) / math.log(2)  # (levels,) bits per image
-    sizes = [level[0].numel() for level in (codes if isinstance(codes, tuple) else (codes,))]
-    figures = {"bits_per_code": bits.sum().item() / sum(sizes), "bits_per_image": bits.sum().item()}
-    if len(sizes) > 1:
-        figures.update({f"{name}_bits_per_code": b.item() / size for name, b, size in zip(LEVEL_NAMES, bits, sizes)})
-    return figures
 
 
 def train_epoch(model, optimization, codes, labels, cfg: PriorConfig, device, progress, stop) -> float | None:

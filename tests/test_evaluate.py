@@ -14,7 +14,7 @@ from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import make_shapes
 from stage1_vqvae.model import VQVAE
 from stage2_prior.hierarchy import build_prior
-from stage2_prior.train import split_bits
+from stage2_prior.metrics import split_bits
 from tests.conftest import tiny_prior_config
 from tests.test_end_to_end import make
 from tests.tiny_run import make_tiny_run, one_thread  # noqa: F401 (autouse)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.encode import code_dtype, save_array
@@ -22,9 +21,10 @@ from stage2_prior.checkpoint import load_prior
 from stage2_prior.data import take
 from stage2_prior.hierarchy import LEVEL_NAMES
 from tools.common.cli import UserError, main_entry
+from tools.common.drawing import choose_labels, draw_samples
 from tools.common.files import remove_stale_temporaries, sha256_file
 from tools.common.images import save_grid
-from tools.common.runtime import pick_device, progress_disabled
+from tools.common.runtime import pick_device
 
 
 def parse_args(argv):
@@ -52,20 +52,6 @@ def check_args(args) -> None:
         raise UserError("--top-k must be at least 1")
 
 
-def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | None:
-    """Labels for each sample: None for an unconditional prior, else `label` or every class in blocks."""
-    cfg = prior.cfg
-    if not cfg.class_conditional:
-        if label is not None:
-            raise UserError("--class needs a class-conditional prior (train it with --class-conditional)")
-        return None
-    if label is None:
-        return torch.arange(n, device=device) * cfg.num_classes // n  # every class, in equal blocks
-    if not 0 <= label < cfg.num_classes:
-        raise UserError(f"--class must be in [0, {cfg.num_classes})")
-    return torch.full((n,), label, device=device, dtype=torch.long)
-
-
 def resolve_vqvae(args, prior) -> Path:
     """The stage-1 checkpoint to decode with, checked to be the one the prior's codes came from."""
     path = Path(args.vqvae or prior.cfg.stage1_checkpoint)
@@ -78,19 +64,6 @@ def resolve_vqvae(args, prior) -> Path:
 
 
 @torch.no_grad()
-def draw_samples(prior, labels, args, device):
-    """(n, H, W) code maps (a tuple of them, top first, for two levels) drawn batch by batch from one seeded generator."""
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    chunks = []
-    for start in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch", disable=progress_disabled()):
-        count = min(args.batch_size, args.n - start)
-        chunk_labels = None if labels is None else labels[start : start + count]
-        chunks.append(prior.sample(count, chunk_labels, args.temperature, args.top_k, generator))
-    if isinstance(chunks[0], tuple):
-        return tuple(torch.cat(level) for level in zip(*chunks))
-    return torch.cat(chunks)
-
-
 def save_codes(codes, prior, out_dir: Path) -> list:
     """samples.npy, or samples_top.npy and samples_bottom.npy, in the smallest dtype; returns the paths."""
     if not isinstance(codes, tuple):
