@@ -12,6 +12,7 @@ from stage1_vqvae import likelihood
 from stage1_vqvae.config import LEVEL_NAMES, VQVAEConfig
 from stage1_vqvae.data import eval_batches
 from stage1_vqvae.model import VQVAE
+from stage1_vqvae.quantizer import count_usage
 from tools.common.runtime import autocast
 
 EVAL_BATCH = 512
@@ -54,16 +55,10 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
         metrics["decoder_bits_per_dim"] = metrics["recon"] / math.log(2)
     for name, level_counts in zip(model.cfg.level_names, counts):
         suffix = f"_{name}" if model.levels > 1 else ""
-        metrics[f"perplexity{suffix}"], metrics[f"codes_used{suffix}"] = usage(level_counts)
+        metrics.update({f"{key}{suffix}": value for key, value in count_usage(level_counts).items()})
     if model.levels > 1:
         metrics["perplexity"], metrics["codes_used"] = metrics["perplexity_bottom"], metrics["codes_used_bottom"]
     return metrics
-
-
-def usage(counts: torch.Tensor) -> tuple:
-    """(perplexity, codes used) of a histogram of code counts."""
-    p = counts / counts.sum()
-    return math.exp(-(p[p > 0] * p[p > 0].log()).sum().item()), int((counts > 0).sum().item())
 
 
 def format_usage(m: dict, perplexity: bool = False) -> str:

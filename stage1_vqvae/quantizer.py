@@ -184,6 +184,10 @@ class EMAVectorQuantizer(_QuantizerBase):
 
 def code_usage(indices: torch.Tensor, codebook_size: int) -> dict:
     """Distinct codes used and perplexity exp(-sum p log p) of a set of code indices (any shape)."""
-    counts = torch.bincount(indices.flatten().long(), minlength=codebook_size).float()
-    p = counts[counts > 0] / counts.sum()
+    return count_usage(torch.bincount(indices.flatten().long(), minlength=codebook_size))
+
+
+def count_usage(counts: torch.Tensor) -> dict:
+    """Distinct codes used and perplexity of a histogram of code counts."""
+    p = counts[counts > 0].double() / counts.sum()
     return {"codes_used": int(p.numel()), "perplexity": float(torch.exp(-(p * p.log()).sum()))}
