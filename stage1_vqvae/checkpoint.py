@@ -2,7 +2,7 @@
 
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
-from tools.common.cli import config_from
+from tools.common.cli import saved_config_from
 from tools.common.files import load_checkpoint
 from tools.common.runtime import pick_device
 
@@ -13,6 +13,6 @@ def load_vqvae(path, device="cpu") -> VQVAE:
     """The VQ-VAE saved at `path`, on `device` ('auto' allowed), in eval mode."""
     device = pick_device(str(device))
     ckpt = load_checkpoint(path, STAGE)
-    model = VQVAE(config_from(VQVAEConfig, ckpt["config"]))
+    model = VQVAE(saved_config_from(VQVAEConfig, ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()

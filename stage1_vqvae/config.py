@@ -10,6 +10,8 @@ LEVEL_NAMES = ("top", "bottom")
 
 @dataclass
 class VQVAEConfig:
+    ADDED_LATER = {"top_join": "concat"}  # what checkpoints saved before these fields were trained with
+
     # data
     dataset: str = opt("cifar10", "which images", choices=["cifar10", "folder", "shapes"])
     data_dir: str = opt("data", "CIFAR-10 download folder, or the image folder for --dataset folder")
@@ -26,6 +28,10 @@ class VQVAEConfig:
     levels: int = opt(1, "code levels: 1, or 2 (VQ-VAE-2: a top grid at half the bottom one's side)", choices=[1, 2])
     codebook_size: int = opt(512, "K, number of code vectors (of the bottom level with --levels 2)")
     top_codebook_size: int | None = opt(None, "K of the top level with --levels 2 (default: --codebook-size)")
+    top_join: str = opt("residual", "with --levels 2, what the bottom quantizer sees: what the decoded top "
+                                    "leaves of the bottom features (their difference), or both joined as in "
+                                    "VQ-VAE-2 (concat; runs from before this option)",
+                        choices=["residual", "concat"])
     embed_dim: int = opt(64, "D, size of each code vector")
     hidden_channels: int = opt(128, "width of the encoder/decoder at the latent resolution")
     res_blocks: int = opt(2, "residual blocks in the encoder and in the decoder")

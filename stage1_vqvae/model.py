@@ -78,10 +78,14 @@ class TopLevel(nn.Module):
         self.encoder = nn.Sequential(nn.Conv2d(d, c, 4, 2, 1), *blocks(), nn.ReLU(), nn.Conv2d(c, d, 1))
         self.quantizer = make_quantizer(cfg, cfg.top_codebook_size)
         self.decoder = nn.Sequential(nn.Conv2d(d, c, 3, padding=1), *blocks(), nn.ReLU(), nn.ConvTranspose2d(c, d, 4, 2, 1))
-        self.join = nn.Conv2d(2 * d, d, 1)  # bottom features + decoded top -> what the bottom quantizer sees
+        self.residual = cfg.top_join == "residual"
+        self.join = None if self.residual else nn.Conv2d(2 * d, d, 1)  # bottom features + decoded top
         self.upsample = nn.ConvTranspose2d(d, d, 4, 2, 1)  # quantized top -> bottom grid, for the image decoder
 
     def bottom_input(self, features: torch.Tensor, top_quantized: torch.Tensor) -> torch.Tensor:
+        """What the bottom quantizer sees: what the top level left unsaid, or the features joined to it."""
+        if self.residual:
+            return features - self.decoder(top_quantized)
         return self.join(torch.cat([features, self.decoder(top_quantized)], dim=1))
 
 

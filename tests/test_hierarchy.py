@@ -17,6 +17,7 @@ from stage2_prior.model import GatedPixelCNN
 from tests.conftest import tiny_prior_config
 from tools.common.cli import UserError
 from tools.common.files import save_checkpoint
+from tools.common.training import prepare_run
 
 
 def tiny_vqvae(**overrides) -> VQVAE:
@@ -52,6 +53,17 @@ def test_two_level_decode_uses_both_levels():
     assert not torch.allclose(image, model.decode_indices((top, (bottom + 1) % 32)))
     with pytest.raises(ValueError, match="tuple of 2"):
         model.decode_indices(bottom)
+
+
+def test_residual_top_join_quantizes_what_the_top_left_unsaid():
+    model = tiny_vqvae(levels=2, top_join="residual")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    features = model.encoder(x)
+    top_q = model.top.quantizer.embed_code(model.encode(x)[0]).permute(0, 3, 1, 2)
+    assert model.top.join is None
+    assert torch.allclose(model.top.bottom_input(features, top_q), features - model.top.decoder(top_q))
+    x_hat, _, parts = model(x)
+    assert x_hat.shape == x.shape and torch.equal(parts["level_indices"][1], model.encode(x)[1])
 
 
 @pytest.mark.parametrize("size, downsample, levels", [(33, 4, 1), (40, 8, 2), (20, 4, 2)])
@@ -142,6 +154,19 @@ def test_one_level_checkpoints_from_before_levels_still_load(tmp_path, tiny_vqva
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     loaded = load_vqvae(tmp_path / "old.pt")
     assert loaded.levels == 1 and torch.equal(loaded.encode(x), model.encode(x))
+
+
+def test_two_level_checkpoints_from_before_top_join_still_load_as_concat(tmp_path):
+    model = tiny_vqvae(levels=2, top_join="concat")
+    old_config = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k != "top_join"}
+    save_checkpoint(tmp_path / "old.pt", "vqvae", old_config, model.state_dict())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    loaded = load_vqvae(tmp_path / "old.pt")
+    assert loaded.cfg.top_join == "concat" and VQVAEConfig(levels=2).top_join == "residual"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.encode(x), model.encode(x)))
+    save_checkpoint(tmp_path / "run" / "state.pt", "vqvae", old_config, model.state_dict())  # an interrupted old run
+    resumed, _ = prepare_run(VQVAEConfig, {"out_dir": str(tmp_path / "run")}, "vqvae", fresh=False)
+    assert resumed.top_join == "concat"
 
 
 def test_old_one_level_code_folders_still_load(tmp_path):

@@ -70,6 +70,15 @@ def config_from(config_cls, values: dict):
     return config_cls(**{k: v for k, v in values.items() if k in names})
 
 
+def saved_config_from(config_cls, saved: dict):
+    """A config from one saved in a checkpoint: a field added since keeps the value older runs had.
+
+    `config_cls.ADDED_LATER` maps such fields to the behaviour before them, where that differs from
+    today's default (a new run gets the default, an old run what it was trained with).
+    """
+    return config_from(config_cls, {**getattr(config_cls, "ADDED_LATER", {}), **saved})
+
+
 def main_entry(main):
     """Wrap a command's `main(argv)`: UserError -> one line on stderr and exit 1; Ctrl-C -> exit 130."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from tools.common import distributed
-from tools.common.cli import UserError, config_from
+from tools.common.cli import UserError, config_from, saved_config_from
 from tools.common.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
 from tools.common.optimization import Optimization
 
@@ -85,7 +85,9 @@ def prepare_run(config_cls, given: dict, stage: str, fresh: bool):
         say(f"{out_dir / CKPT} exists: already trained (use --fresh to train again)")
         return None, None
     state = load_checkpoint(out_dir / STATE, stage) if (out_dir / STATE).exists() else None
-    return config_from(config_cls, {**(state["config"] if state else {}), **given}), state
+    if state is None:
+        return config_from(config_cls, given), None
+    return saved_config_from(config_cls, {**state["config"], **given}), state
 
 
 def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
