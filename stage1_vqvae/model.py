@@ -2,8 +2,10 @@
 
 One level: S x S images <-> one (S/d) x (S/d) map of codes (d = `downsample`, 4 or 8).
 Two levels (VQ-VAE-2, arXiv:1906.00446): the bottom encoder's features are encoded once more to a top
-grid at half the side; the top is quantized first, decoded back to the bottom grid and joined to the
-bottom features before those are quantized; the decoder sees both quantized levels.
+grid at half the side; the top is quantized first and decoded back to the bottom grid; the bottom
+quantizer then codes the bottom features minus the decoded top (`top_join="residual"`, the default:
+the top must carry the coarse content) or both joined by a 1x1 convolution (`"concat"`, VQ-VAE-2's
+form, which at 32 px leaves the top unused for long). The decoder sees both quantized levels.
 
 The decoder outputs an image, or with `--recon-loss categorical` 256 logits per sub-pixel
 (`stage1_vqvae.likelihood`); `forward` and `decode_indices` always return images.
