@@ -25,7 +25,8 @@ class PriorConfig:
     hidden_channels: int | None = opt(None, "channels of each stack (auto: from --size)")
     layers: int | None = opt(None, "gated layers, the first one is mask A (auto: from --size)")
     kernel_size: int = opt(3, "odd kernel width of the masked convolutions")
-    dropout: float = opt(0.1, "dropout on the gated outputs of every layer while training")
+    dropout: float = opt(0.3, "dropout on the gated outputs of every layer while training (chosen on "
+                                  "validation at the base size, see BENCHMARKS.md)")
     class_conditional: bool = opt(False, "condition every gate on the class label")
     # training
     epochs: int = opt(15, "training epochs (over mirrored train maps: as many steps as 30 without)")
