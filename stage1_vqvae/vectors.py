@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from stage1_vqvae.encode import code_dtype, save_array
 from stage1_vqvae.multi_quantizer import build_quantizer
-from tools.common.cli import UserError, build_parser, config_from, derived, given_config_values, main_entry, opt
+from tools.common.cli import UserError, build_parser, derived, given_config_values, main_entry, opt, saved_config_from
 from tools.common.files import append_jsonl, load_checkpoint, sha256_file, write_json
 from tools.common.optimization import Optimization
 from tools.common.runtime import configure_backend, cpu_threads, pick_device, progress_disabled, seed_everything
@@ -77,7 +77,7 @@ def build_model(cfg: VectorsConfig) -> torch.nn.Module:
 def load_quantizer(path, device="cpu") -> torch.nn.Module:
     """The trained quantizer saved at `path` (a `vectors` ckpt.pt), in eval mode."""
     ckpt = load_checkpoint(path, STAGE)
-    model = build_model(config_from(VectorsConfig, ckpt["config"]))
+    model = build_model(saved_config_from(VectorsConfig, ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(pick_device(str(device))).eval()
 

@@ -2,7 +2,7 @@
 
 from stage2_prior.config import PriorConfig
 from stage2_prior.hierarchy import build_prior
-from tools.common.cli import config_from
+from tools.common.cli import saved_config_from
 from tools.common.files import load_checkpoint
 from tools.common.runtime import pick_device
 
@@ -17,6 +17,6 @@ def load_prior(path, device="cpu"):
     """
     device = pick_device(str(device))
     ckpt = load_checkpoint(path, STAGE)
-    model = build_prior(config_from(PriorConfig, ckpt["config"]))
+    model = build_prior(saved_config_from(PriorConfig, ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()

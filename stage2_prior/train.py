@@ -35,7 +35,6 @@ from tools.common.training import (METRICS, StopSignal, epoch_generator, finish,
                             say, write_config)
 
 
-
 def parse_args(argv):
     parser = build_parser(PriorConfig, __doc__.split("\n")[0])
     parser.add_argument("--fresh", action="store_true", help="discard an earlier run in OUT_DIR and start over")
