@@ -147,7 +147,7 @@ def announce(cfg: PriorConfig, data: dict, carved: str, device) -> None:
 def evaluate_splits(model, data: dict, cfg: PriorConfig, device, prefix: str = "") -> dict:
     """{prefix + 'val_bits_per_code': ..., prefix + 'test_bits_per_code': ..., and the other figures} for `model`."""
     return {f"{prefix}{split}_{name}": value for split in ("val", "test")
-            for name, value in split_bits(model, *data[split], device, cfg.precision).items()}
+            for name, value in split_bits(model, *data[split], device).items()}  # fp32 whatever cfg.precision
 
 
 def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progress, stop, curves) -> None:
@@ -187,7 +187,7 @@ def report_selected(cfg: PriorConfig, progress, data: dict, device, path: Path) 
     """Print the selected epoch's figures, with the train/test gap measured on the saved weights."""
     model = build_prior(cfg).to(device)
     model.load_state_dict(progress.best_model)
-    train_bits = split_bits(model, *data["train"], device, cfg.precision)["bits_per_code"]
+    train_bits = split_bits(model, *data["train"], device)["bits_per_code"]
     best = progress.best_metrics
     say(f"selected epoch {progress.best_epoch} (lowest validation bits/code): train {train_bits:.3f}  "
         f"val {best['val_bits_per_code']:.3f}  test {best['test_bits_per_code']:.3f} bits/code"
