@@ -6,7 +6,7 @@ Fields marked `cli=False` are not flags: they are read from the encoded dataset'
 
 from dataclasses import dataclass
 
-from tools.common.cli import derived, opt
+from tools.common.cli import UserError, derived, opt
 from tools.common.curves import FLAG_HELP as TENSORBOARD_HELP
 
 # name: (hidden_channels, layers)
@@ -57,6 +57,8 @@ class PriorConfig:
     stage1_sha256: str = derived("")
 
     def __post_init__(self):
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:  # the causal padding needs a centre column
+            raise UserError(f"--kernel-size must be odd (1, 3, 5, ...), got {self.kernel_size}")
         channels, layers = SIZES[self.size]
         self.hidden_channels = channels if self.hidden_channels is None else self.hidden_channels
         self.layers = layers if self.layers is None else self.layers

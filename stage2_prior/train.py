@@ -87,6 +87,7 @@ def train_epoch(model, optimization, codes, labels, cfg: PriorConfig, device, pr
 def main(argv=None):
     args = parse_args(argv)
     given = given_config_values(PriorConfig, args)
+    PriorConfig(**given)  # a bad flag stops here, before --fresh clears the run folder
     given["device"] = distributed.setup(given.get("device", PriorConfig().device))
     try:
         train(given, args.fresh)
