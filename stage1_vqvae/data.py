@@ -23,8 +23,8 @@ from tools.common.cli import UserError
 from tools.common.distributed import my_batches
 from tools.common.splits import describe_split, split_validation, validation_count
 
-__all__ = ["ImageSet", "SHAPE_CLASSES", "SPLITS", "load_splits", "load_split", "make_shapes",
-           "train_batches", "eval_batches", "to_model_range"]
+__all__ = ["ImageSet", "SHAPE_CLASSES", "SPLITS", "load_splits", "load_split", "make_shapes", "pick_per_class",
+           "spread_over_classes", "train_batches", "eval_batches", "to_model_range"]
 CIFAR_SIZE = 32
 
 
@@ -77,6 +77,18 @@ def _shapes_split(split: str, shapes_counts, val_size: float, size: int) -> Imag
 
 
 # ---------------------------------------------------------------- batches
+
+
+def pick_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """Indices of the first `per_class` items of every class, interleaved: one of each class, then the next..."""
+    chosen = [torch.nonzero(labels == c).flatten()[:per_class] for c in torch.unique(labels)]
+    rounds = [[items[r] for items in chosen if r < len(items)] for r in range(per_class)]
+    return torch.stack([index for items in rounds for index in items])
+
+
+def spread_over_classes(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of `count` items (fewer if there are fewer) taken round-robin over the classes, in a fixed order."""
+    return pick_per_class(labels, count)[:count]
 
 
 def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:

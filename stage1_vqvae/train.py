@@ -7,7 +7,7 @@ The best epoch is the one with the lowest validation MSE (not the total loss, wh
 drifts as the encoder moves), or for a categorical decoder the lowest validation negative log-likelihood
 (what bits per dimension measures); test metrics are logged every epoch but never used to choose.
 Writes to --out-dir: config.json, metrics.jsonl (val_* and test_* every epoch), recon_epochNNN.png
-(test inputs above their reconstructions), state.pt (resume point, every epoch) and, at the end,
+(16 test inputs across the classes above their reconstructions), state.pt (resume point, every epoch) and, at the end,
 ckpt.pt (best epoch); with --tensorboard also the same curves and pictures under tensorboard/.
 Re-running resumes an interrupted run; a finished run is left alone unless --fresh is given.
 """
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
 from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.data import load_splits, to_model_range, train_batches
+from stage1_vqvae.data import load_splits, spread_over_classes, to_model_range, train_batches
 from stage1_vqvae.metrics import evaluate, format_all_metrics, format_metrics, format_usage, levels_text
 from stage1_vqvae.model import VQVAE
 from tools.common.cli import UserError, build_parser, config_from, given_config_values, main_entry
@@ -34,7 +34,7 @@ from tools.common.optimization import Optimization
 from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
                             say, write_config)
 
-PREVIEW_IMAGES = 16
+PREVIEW_IMAGES = 16  # test images in every recon_epochNNN.png, taken across the classes, the same all run
 # recon loss -> (the validation figure that chooses the epoch, its name in messages)
 SELECTED_BY = {"l1": ("mse", "MSE"), "l2": ("mse", "MSE"), "categorical": ("recon", "NLL")}
 
@@ -48,11 +48,13 @@ def parse_args(argv):
 
 
 def load_data(cfg: VQVAEConfig, device: torch.device, splits=("train", "val", "test")) -> tuple:
-    """({split: resident uint8 images on `device`}, how the validation split was made)."""
+    """({split: resident uint8 images on `device`}, how the validation split was made, the test preview images)."""
     sets = load_splits(cfg.dataset, cfg.data_dir, splits, (cfg.shapes_train, cfg.shapes_test), cfg.val_size,
                        cfg.image_size)
     note = sets["val"].note if "val" in sets else ""
-    return {name: data.images.to(device) for name, data in sets.items()}, note
+    test = sets["test"]
+    preview = test.images[spread_over_classes(test.labels, PREVIEW_IMAGES)]
+    return {name: data.images.to(device) for name, data in sets.items()}, note, preview
 
 
 def check_same_split(cfg: VQVAEConfig, note: str) -> VQVAEConfig:
@@ -81,10 +83,10 @@ def train_epoch(model, optimization, images, cfg, device, progress, stop) -> dic
     return progress.epoch_means()
 
 
-def save_preview(model: VQVAE, test_images: torch.Tensor, path: Path, device) -> torch.Tensor:
-    """Save the first test images above their reconstructions; returns the picture (3, H, W) in [0, 1]."""
+def save_preview(model: VQVAE, preview_images: torch.Tensor, path: Path, device) -> torch.Tensor:
+    """Save the preview images above their reconstructions; returns the picture (3, H, W) in [0, 1]."""
     model.eval()
-    x = to_model_range(test_images[:PREVIEW_IMAGES].to(device))
+    x = to_model_range(preview_images.to(device))
     return save_comparison(x, model.decode_indices(model.encode(x)), path)
 
 
@@ -96,10 +98,11 @@ def run_eval_only(args, given: dict) -> None:
     model = load_vqvae(ckpt_path, device)
     data_flags = {k: v for k, v in given.items() if k in ("dataset", "data_dir", "shapes_train", "shapes_test", "image_size")}
     cfg = config_from(VQVAEConfig, {**vars(model.cfg), **data_flags})
-    test_images = load_data(cfg, device, ("test",))[0]["test"]
+    images, _, preview = load_data(cfg, device, ("test",))
+    test_images = images["test"]
     metrics = evaluate(model, test_images, device, given.get("precision", cfg.precision))
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_preview(model, test_images, out_dir / "eval_recon.png", device)
+    save_preview(model, preview, out_dir / "eval_recon.png", device)
     write_json(out_dir / "eval.json", {"checkpoint": str(ckpt_path), "dataset": cfg.dataset, **metrics})
     print(f"{ckpt_path} on {cfg.dataset} test ({test_images.shape[0]} images): " + format_all_metrics(metrics))
     print(f"wrote {out_dir / 'eval_recon.png'} and {out_dir / 'eval.json'}")
@@ -128,7 +131,7 @@ def train(given: dict, fresh: bool) -> None:
     device = pick_device(cfg.device)
     configure_backend(device)
     seed_everything(cfg.seed)
-    images, note = load_data(cfg, device)
+    images, note, preview = load_data(cfg, device)
     cfg = check_same_split(cfg, note)
     model = VQVAE(cfg).to(device)
     total_steps = cfg.epochs * distributed.batch_count(images["train"].shape[0], cfg.batch_size)
@@ -158,7 +161,7 @@ def train(given: dict, fresh: bool) -> None:
                       "seconds": seconds, "img_per_s": images_left / seconds, "processes": world}
             if distributed.is_main():
                 append_jsonl(out_dir / METRICS, record)
-                preview = save_preview(model, images["test"], out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
+                preview = save_preview(model, preview, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
                 curves.log(progress.epoch, record, {"test/reconstructions": preview})
             save_state(out_dir, STAGE, cfg, model, optimization, progress)
             say(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(val)}  "

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-from stage1_vqvae.data import to_model_range
+from stage1_vqvae.data import pick_per_class, to_model_range
 from stage1_vqvae.likelihood import models_likelihood
 from stage1_vqvae.metrics import eval_batch_size, evaluate
 from stage2_prior.data import level_specs, load_codes, take, to_device
 from stage2_prior.metrics import split_bits
 from tools.common.cli import UserError, main_entry
 from tools.common.files import remove_stale_temporaries, write_json
-from tools.common.finished_run import load_finished_run, load_test_images, pick_per_class, run_parser, to_uint8
+from tools.common.finished_run import load_finished_run, load_test_images, run_parser, to_uint8
 from tools.common.images import labelled_rows, save_comparison, save_grid, save_png
 from tools.common.runtime import cpu_threads, pick_device
 from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_features

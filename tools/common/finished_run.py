@@ -85,13 +85,6 @@ def load_test_images(run: FinishedRun, dataset: str | None = None, data_dir: str
     return load_split(dataset, data_dir, "test", (cfg.shapes_train, cfg.shapes_test), cfg.val_size, cfg.image_size)
 
 
-def pick_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
-    """Indices of the first `per_class` items of every class, interleaved: one of each class, then the next..."""
-    chosen = [torch.nonzero(labels == c).flatten()[:per_class] for c in torch.unique(labels)]
-    rounds = [[items[r] for items in chosen if r < len(items)] for r in range(per_class)]
-    return torch.stack([index for items in rounds for index in items])
-
-
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] -> uint8 [0, 255] (the inverse of the stages' scaling)."""
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
