@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import ROOT
 from tools import ratings, recommend
@@ -34,6 +35,17 @@ def test_cold_items_keep_the_promised_number_of_training_ratings(max_train):
         assert set(train_counts[split.cold_items]) == {1, 2, 3, 4, 5}  # drawn across the whole range
     warm = np.setdiff1d(np.arange(data.n_items), split.cold_items)
     assert train_counts[warm].sum() / all_counts[warm].sum() == pytest.approx(0.8, abs=0.02)
+
+
+@pytest.mark.parametrize("name", list(recommend.MODELS))
+def test_every_model_starts_from_the_same_user_and_item_vectors(name):
+    cfg = recommend.RecommendConfig(codebook_size=8, embed_dim=8, groups=2)
+    data = ratings.synthetic_ratings(50, 80, seed=0)
+    model, reference = (recommend.build_model(n, cfg, data, 3.5).state_dict() for n in (name, "mf+genres"))
+    shared = set(model) & set(reference)
+    assert {"user.weight", "item.weight", "user_bias.weight", "item_bias.weight"} <= shared
+    for key in shared:
+        assert torch.equal(model[key], reference[key]), key
 
 
 def test_training_beats_the_global_mean_and_writes_the_item_codes(tmp_path, capsys):

@@ -6,8 +6,8 @@
 
 Held-out cold items keep only 1 to --max-cold-train training ratings (`tools.ratings.cold_item_split`).
 Every model gets the same budget (epochs, batch size, Adam learning rate, regularisation, embedding
-size) and the epoch with the best validation RMSE; the table gives test RMSE on all test ratings, on
-the cold items' and on the others'. Models (`tools.rating_model`): matrix factorisation with biases
+size), the same starting user and item vectors, and the epoch with the best validation RMSE; the table
+gives test RMSE on all test ratings, on the cold items' and on the others'. Models (`tools.rating_model`): matrix factorisation with biases
 (`mf`), the same with item vectors through a vector quantizer and the straight-through estimator as
 in the source (`vq`), and with genres as side information for all of them, plus grouped (product)
 and residual quantizers. Writes to --out-dir: config.json, results.json, and item_codes.npy
@@ -88,15 +88,15 @@ def load_ratings(cfg: RecommendConfig) -> Ratings:
 
 
 def build_model(name: str, cfg: RecommendConfig, data: Ratings, mean: float) -> RatingModel:
-    """The named model, its vectors starting from the same seed as every other model's."""
-    torch.manual_seed(cfg.seed)
+    """The named model, starting from the same user and item vectors (and genre parts) as every other model."""
     use_genres, kind = MODELS[name]
-    quantizer = None
-    if kind is not None:
-        sizes = {"grouped": {"groups": cfg.groups}, "residual": {"stages": cfg.stages}}.get(kind, {})
-        quantizer = build_quantizer(cfg.codebook_size, cfg.embed_dim, **sizes, dim=-1, beta=cfg.beta)
     genres = torch.from_numpy(data.genres) if use_genres else None
-    return RatingModel(data.n_users, data.n_items, cfg.embed_dim, mean, genres, quantizer)
+    torch.manual_seed(cfg.seed)
+    model = RatingModel(data.n_users, data.n_items, cfg.embed_dim, mean, genres)
+    if kind is not None:  # drawn after the shared parts, so that it does not move their start
+        sizes = {"grouped": {"groups": cfg.groups}, "residual": {"stages": cfg.stages}}.get(kind, {})
+        model.quantizer = build_quantizer(cfg.codebook_size, cfg.embed_dim, **sizes, dim=-1, beta=cfg.beta)
+    return model
 
 
 class Part:
