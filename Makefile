@@ -41,6 +41,8 @@ given = $(filter command line environment,$(origin $(1)))
 ENCODE_DATA := $(if $(call given,DATASET),--dataset $(DATASET)) $(if $(call given,DATA_DIR),--data-dir $(DATA_DIR))
 # A stage whose output exists but is older than its input is out of date: retrain it from scratch.
 fresh_if_stale = $(if $(wildcard $@),--fresh)
+# --eval-only and --fresh act on a finished stage, so a target given either one runs even when its file exists.
+forced_by = $(if $(filter --eval-only --fresh,$(1)),FORCE)
 
 # The demo: small built-in shapes data, settings sized for about 4 minutes on 2 CPU cores.
 # Both demos' priors train 6 epochs, too few to overfit: they keep the lighter dropout they were measured with.
@@ -54,7 +56,7 @@ DEMO_HIERARCHICAL_VARS := RUN_DIR=runs/demo-hierarchical DATASET=shapes EPOCHS=2
 	VQVAE_ARGS="--levels 2 --image-size 64 --downsample 8 --shapes-train 3000 --shapes-test 500 --codebook-size 128 --hidden-channels 64 --batch-size 64 --lr 2e-3 --top-join concat" \
 	PRIOR_ARGS="--hidden-channels 64 --batch-size 64 --lr 1e-3 --dropout 0.1"
 
-.PHONY: help install train-vqvae encode-dataset train-prior sample evaluate complete demo demo-hierarchical test bench clean distclean
+.PHONY: FORCE help install train-vqvae encode-dataset train-prior sample evaluate complete demo demo-hierarchical test bench clean distclean
 
 help:
 	@echo "make demo            whole pipeline on built-in shapes data -> runs/demo/samples/samples.png"
@@ -75,6 +77,8 @@ help:
 
 install: $(INSTALLED)
 
+FORCE:
+
 $(INSTALLED): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]'
@@ -82,7 +86,7 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 train-vqvae: $(VQVAE_CKPT)
-$(VQVAE_CKPT): | $(NEED_VENV)
+$(VQVAE_CKPT): $(call forced_by,$(VQVAE_ARGS)) | $(NEED_VENV)
 	$(LAUNCH) -m stage1_vqvae.train --dataset $(DATASET) --data-dir $(DATA_DIR) --out-dir $(@D) \
 		--device $(DEVICE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(VQVAE_ARGS)
 
@@ -91,7 +95,7 @@ $(CODES_META): $(VQVAE_CKPT) | $(NEED_VENV)
 	$(PY) -m stage1_vqvae.encode --ckpt $< --out-dir $(@D) --device $(DEVICE) $(ENCODE_DATA)
 
 train-prior: $(PRIOR_CKPT)
-$(PRIOR_CKPT): $(CODES_META) | $(NEED_VENV)
+$(PRIOR_CKPT): $(CODES_META) $(call forced_by,$(PRIOR_ARGS)) | $(NEED_VENV)
 	$(LAUNCH) -m stage2_prior.train --codes-dir $(<D) --out-dir $(@D) --device $(DEVICE) \
 		$(if $(PRIOR_EPOCHS),--epochs $(PRIOR_EPOCHS)) $(fresh_if_stale) $(PRIOR_ARGS)
 
