@@ -37,6 +37,21 @@ def test_cold_items_keep_the_promised_number_of_training_ratings(max_train):
     assert train_counts[warm].sum() / all_counts[warm].sum() == pytest.approx(0.8, abs=0.02)
 
 
+@pytest.mark.parametrize("warm_min_train", [3, 10])
+def test_the_item_groups_split_the_items_by_their_training_ratings(warm_min_train):
+    data = ratings.synthetic_ratings(300, 400, seed=1)
+    split = ratings.cold_item_split(data, cold_fraction=0.2, max_train=5, holdout=0.45, seed=2)  # unseen items too
+    groups = ratings.item_groups(data, split, warm_min_train)
+    assert list(groups) == ["cold", "warm", "rare", "unseen"] and all(items.size for items in groups.values())
+    assert np.array_equal(np.sort(np.concatenate(list(groups.values()))), np.arange(data.n_items))  # a partition
+    train_counts = np.bincount(data.items[split.train], minlength=data.n_items)
+    assert np.array_equal(groups["cold"], split.cold_items)
+    assert train_counts[groups["cold"]].min() >= 1 and train_counts[groups["cold"]].max() <= 5
+    assert train_counts[groups["warm"]].min() >= warm_min_train
+    assert train_counts[groups["rare"]].min() >= 1 and train_counts[groups["rare"]].max() < warm_min_train
+    assert (train_counts[groups["unseen"]] == 0).all()
+
+
 @pytest.mark.parametrize("name", list(recommend.MODELS))
 def test_every_model_starts_from_the_same_user_and_item_vectors(name):
     cfg = recommend.RecommendConfig(codebook_size=8, embed_dim=8, groups=2)
@@ -57,19 +72,32 @@ def test_training_beats_the_global_mean_and_writes_the_item_codes(tmp_path, caps
     for name in ("mf", "vq+genres", "residual+genres"):
         assert rmse[name]["test"] < rmse["global mean"]["test"] - 0.1, (name, rmse)
         assert rmse[name]["val"] < rmse["global mean"]["val"] - 0.1, (name, rmse)
+    groups = results["groups"]
+    assert list(groups) == ["cold", "warm", "rare", "unseen"] and results["split"]["warm_min_train"] == 10
+    assert sum(g["test_ratings"] for g in groups.values()) == results["split"]["test"]
+    assert sum(g["items"] for g in groups.values()) == results["items"]
+    assert groups["cold"]["test_ratings"] == results["split"]["cold_test_ratings"]
+    for r in rmse.values():  # the groups' squared errors add up to the whole test set's
+        per_group = sum(g["test_ratings"] * r[f"test_{name}"] ** 2 for name, g in groups.items() if g["test_ratings"])
+        assert per_group == pytest.approx(results["split"]["test"] * r["test"] ** 2, rel=1e-4)
+        not_cold = results["split"]["test"] - groups["cold"]["test_ratings"]
+        assert not_cold * r["test_not_cold"] ** 2 == pytest.approx(
+            per_group - groups["cold"]["test_ratings"] * r["test_cold"] ** 2, rel=1e-4)
     best = results["best_quantized"]
     assert best == min(("vq+genres", "residual+genres"), key=lambda name: rmse[name]["val"])
     codes, meta = np.load(out / "item_codes.npy", allow_pickle=False), json.loads((out / "meta.json").read_text())
     assert codes.shape == (300, 1 if best == "vq+genres" else 3) and codes.dtype == np.uint8 and codes.max() < 16
     assert meta["model"] == best and len(meta["item_ids"]) == 300 and len(meta["usage"]) == codes.shape[1]
     printed = capsys.readouterr().out
-    assert "cold items" in printed and "global mean" in printed
+    assert "cold items" in printed and "global mean" in printed and "warm" in printed and "rare" in printed
 
 
-def test_unknown_model_is_one_clear_error(tmp_path, capsys):
+@pytest.mark.parametrize("flags, message", [(["--models", "mf,transformer"], "unknown model(s) ['transformer']"),
+                                           (["--warm-min-train", "1"], "--warm-min-train must be at least 2")])
+def test_bad_flags_are_one_clear_error(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
-        recommend.main([*SMALL, "--models", "mf,transformer", "--out-dir", str(tmp_path)])
-    assert exit_info.value.code == 1 and "unknown model(s) ['transformer']" in capsys.readouterr().err
+        recommend.main([*SMALL, *flags, "--out-dir", str(tmp_path)])
+    assert exit_info.value.code == 1 and message in capsys.readouterr().err
 
 
 def write_movielens(folder):

@@ -7,6 +7,7 @@
   (their "genres") whose members share a taste vector, so item codes have something to find.
 - `cold_item_split(...)`: train / val / test ratings where a set of held-out cold items keeps only a
   few (1 to `max_train`) training ratings; everything else is split at random.
+- `item_groups(...)`: the items by what training has seen of them: cold, warm, rare, unseen (`GROUPS`).
 """
 
 import csv
@@ -105,6 +106,27 @@ def cold_item_split(ratings: Ratings, cold_fraction: float = 0.1, max_train: int
         role[mine[:keep]] = 0
         role[mine[keep:]] = 1 + np.arange(mine.size - keep) % 2
     return Split(*(np.flatnonzero(role == r) for r in range(3)), cold)
+
+
+GROUPS = ("cold", "warm", "rare", "unseen")  # the keys of `group_definitions` and `item_groups`, in order
+
+
+def group_definitions(max_train: int, warm_min_train: int) -> dict:
+    """{group: what puts an item in it}, in the order of `item_groups`; the one place the groups are defined."""
+    return {"cold": f"held-out cold items: 1 to {max_train} training ratings by construction",
+            "warm": f"other items with at least {warm_min_train} training ratings",
+            "rare": f"other items with 1 to {warm_min_train - 1} training ratings",
+            "unseen": "other items with no training rating (their ratings are all in val or test)"}
+
+
+def item_groups(ratings: Ratings, split: Split, warm_min_train: int) -> dict:
+    """{group: its items (sorted)} for `GROUPS`, a partition of the items (see `group_definitions`)."""
+    train_counts = np.bincount(ratings.items[split.train], minlength=ratings.n_items)
+    other = ~np.isin(np.arange(ratings.n_items), split.cold_items)
+    return {"cold": split.cold_items,
+            "warm": np.flatnonzero(other & (train_counts >= warm_min_train)),
+            "rare": np.flatnonzero(other & (train_counts >= 1) & (train_counts < warm_min_train)),
+            "unseen": np.flatnonzero(other & (train_counts == 0))}
 
 
 def load_movielens(data_dir) -> Ratings:

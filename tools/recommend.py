@@ -7,12 +7,13 @@
 Held-out cold items keep only 1 to --max-cold-train training ratings (`tools.ratings.cold_item_split`).
 Every model gets the same budget (epochs, batch size, Adam learning rate, regularisation, embedding
 size), the same starting user and item vectors, and the epoch with the best validation RMSE; the table
-gives test RMSE on all test ratings, on the cold items' and on the others'. Models (`tools.rating_model`): matrix factorisation with biases
-(`mf`), the same with item vectors through a vector quantizer and the straight-through estimator as
-in the source (`vq`), and with genres as side information for all of them, plus grouped (product)
-and residual quantizers. Writes to --out-dir: config.json, results.json, and item_codes.npy
-((n_items, C), smallest unsigned dtype) with meta.json for the quantized model with the best
-validation RMSE.
+gives test RMSE on all test ratings and on each group of items (`tools.ratings.item_groups`): cold,
+warm (at least --warm-min-train training ratings), rare (fewer) and unseen (none). Models
+(`tools.rating_model`): matrix factorisation with biases (`mf`), the same with item vectors through a
+vector quantizer and the straight-through estimator as in the source (`vq`), and with genres as side
+information for all of them, plus grouped (product) and residual quantizers. Writes to --out-dir:
+config.json, results.json, and item_codes.npy ((n_items, C), smallest unsigned dtype) with meta.json
+for the quantized model with the best validation RMSE.
 """
 
 import copy
@@ -32,7 +33,8 @@ from tools.common.cli import UserError, build_parser, config_from, given_config_
 from tools.common.files import write_json
 from tools.common.runtime import cpu_threads, pick_device, progress_disabled
 from tools.rating_model import RatingModel
-from tools.ratings import Ratings, Split, cold_item_split, load_movielens, synthetic_ratings
+from tools.ratings import (GROUPS, Ratings, Split, cold_item_split, group_definitions, item_groups, load_movielens,
+                           synthetic_ratings)
 
 MODELS = {  # name: (genres as item side information, item quantizer or None)
     "mf": (False, None),
@@ -53,6 +55,7 @@ class RecommendConfig:
     synthetic_items: int = opt(1500, "items of --dataset synthetic")
     cold_fraction: float = opt(0.1, "share of the items (with enough ratings) held out as cold items")
     max_cold_train: int = opt(5, "training ratings a cold item keeps at most (1 to this many)")
+    warm_min_train: int = opt(10, "training ratings that make an item (not cold) warm; with fewer it is rare")
     models: str = opt(",".join(MODELS), "comma-separated models to train, from: " + ", ".join(MODELS))
     embed_dim: int = opt(32, "D, size of the user and item vectors")
     codebook_size: int = opt(64, "K, codes in each item codebook")
@@ -75,6 +78,8 @@ class RecommendConfig:
             raise UserError(f"--groups {self.groups} does not divide --embed-dim {self.embed_dim}")
         if min(self.max_cold_train, self.epochs, self.batch_size, self.codebook_size, self.stages) < 1:
             raise UserError("--max-cold-train, --epochs, --batch-size, --codebook-size and --stages must be at least 1")
+        if self.warm_min_train < 2:
+            raise UserError("--warm-min-train must be at least 2 (items with no training rating are unseen)")
 
     @property
     def model_names(self) -> list:
@@ -122,8 +127,8 @@ def predict(model: RatingModel, part: Part) -> torch.Tensor:
 
 
 def scores(predict_part, parts: dict) -> dict:
-    """{part name: RMSE} of the predictions, clipped to the rating scale, of `predict_part(part)`."""
-    return {name: torch.sqrt(F.mse_loss(predict_part(part).clamp(0.5, 5.0), part.ratings)).item()
+    """{part name: RMSE} of the predictions, clipped to the rating scale, of `predict_part(part)`; None if empty."""
+    return {name: torch.sqrt(F.mse_loss(predict_part(part).clamp(0.5, 5.0), part.ratings)).item() if len(part) else None
             for name, part in parts.items()}
 
 
@@ -156,12 +161,18 @@ def item_codes(model: RatingModel) -> torch.Tensor:
         return model.eval().item_vectors(torch.arange(model.item.num_embeddings, device=model.mean.device))[2]
 
 
-def run_models(cfg: RecommendConfig, data: Ratings, split: Split, device) -> tuple:
-    """({model name: results}, {model name: trained model}) for every model of the config."""
+def run_models(cfg: RecommendConfig, data: Ratings, split: Split, groups: dict, device) -> tuple:
+    """({model name: results}, {model name: trained model}) for every model of the config.
+
+    Results: RMSE on val, test, test_<group> for each of `groups` ({group: items}), and test_not_cold (what
+    test_warm meant before the warm group needed --warm-min-train training ratings).
+    """
     train, val, test = (Part(data, indices, device) for indices in (split.train, split.val, split.test))
-    cold = torch.from_numpy(np.isin(data.items[split.test], split.cold_items)).to(device)
+    in_group = {name: torch.from_numpy(np.isin(data.items[split.test], items)).to(device)
+                for name, items in groups.items()}
     mean = train.ratings.mean().item()
-    parts = {"val": val, "test": test, "test_cold": test.subset(cold), "test_warm": test.subset(~cold)}
+    parts = {"val": val, "test": test, **{f"test_{name}": test.subset(mask) for name, mask in in_group.items()},
+             "test_not_cold": test.subset(~in_group["cold"])}
     results = {"global mean": {**scores(lambda part: torch.full_like(part.ratings, mean), parts), "best_epoch": 0,
                                "seconds": 0.0}}
     models = {}
@@ -181,12 +192,14 @@ def run_models(cfg: RecommendConfig, data: Ratings, split: Split, device) -> tup
 
 def table_row(name: str, r: dict) -> str:
     used = "/".join(str(c) for c in r.get("codes_used", [])) or "-"
-    return (f"{name:<17} {r['test']:>10.4f} {r['test_cold']:>10.4f} {r['test_warm']:>10.4f} {r['val']:>9.4f} "
-            f"{r['best_epoch']:>6} {used:>12} {r['seconds']:>6.1f}")
+    per_group = " ".join(f"{r[f'test_{group}']:>10.4f}" if r[f"test_{group}"] is not None else f"{'-':>10}"
+                         for group in GROUPS)
+    return (f"{name:<17} {r['test']:>10.4f} {per_group} {r['val']:>9.4f} {r['best_epoch']:>6} {used:>12} "
+            f"{r['seconds']:>6.1f}")
 
 
-TABLE_HEADER = f"{'model':<17} {'test RMSE':>10} {'cold items':>10} {'warm items':>10} {'val RMSE':>9} {'epoch':>6} " \
-               f"{'codes used':>12} {'sec':>6}"
+TABLE_HEADER = (f"{'model':<17} {'test RMSE':>10} " + " ".join(f"{group:>10}" for group in GROUPS)
+                + f" {'val RMSE':>9} {'epoch':>6} {'codes used':>12} {'sec':>6}")
 
 
 def write_best_codes(cfg: RecommendConfig, data: Ratings, results: dict, models: dict) -> str | None:
@@ -221,21 +234,29 @@ def run(cfg: RecommendConfig) -> None:
     device = pick_device(cfg.device)
     data = load_ratings(cfg)
     split = cold_item_split(data, cfg.cold_fraction, cfg.max_cold_train, seed=cfg.seed)
-    cold_test = int(np.isin(data.items[split.test], split.cold_items).sum())
+    groups = item_groups(data, split, cfg.warm_min_train)
+    test_items = data.items[split.test]
+    definitions = group_definitions(cfg.max_cold_train, cfg.warm_min_train)
+    group_summary = {name: {"items": int(items.size), "test_ratings": int(np.isin(test_items, items).sum()),
+                            "definition": definitions[name]} for name, items in groups.items()}
+    cold_test = group_summary["cold"]["test_ratings"]
     print(f"{cfg.dataset}: {len(data)} ratings by {data.n_users} users of {data.n_items} items, {len(data.genre_names)} "
           f"genres; train {split.train.size}, val {split.val.size}, test {split.test.size} ({cold_test} of them on "
           f"{split.cold_items.size} cold items with 1-{cfg.max_cold_train} training ratings); device {device}")
+    for name, g in group_summary.items():
+        print(f"  {name + ' items':<12} {g['items']:>6} items, {g['test_ratings']:>6} test ratings: {g['definition']}")
     print(TABLE_HEADER)
     out_dir = Path(cfg.out_dir)
     write_json(out_dir / "config.json", dataclasses.asdict(cfg))
-    results, models = run_models(cfg, data, split, device)
+    results, models = run_models(cfg, data, split, groups, device)
     print(table_row("global mean", results["global mean"]))
     best = write_best_codes(cfg, data, results, models)
     write_json(out_dir / "results.json", {
         "dataset": cfg.dataset, "ratings": len(data), "users": data.n_users, "items": data.n_items,
         "split": {"train": int(split.train.size), "val": int(split.val.size), "test": int(split.test.size),
-                  "cold_items": int(split.cold_items.size), "cold_test_ratings": cold_test},
-        "rmse": results, "best_quantized": best})
+                  "cold_items": int(split.cold_items.size), "cold_test_ratings": cold_test,
+                  "warm_min_train": cfg.warm_min_train},
+        "groups": group_summary, "rmse": results, "best_quantized": best})
     print(f"wrote {out_dir}/results.json" + (f", item_codes.npy and meta.json ({best})" if best else ""))
 
 
