@@ -75,11 +75,12 @@ class _QuantizerBase(nn.Module):
 
     @torch.no_grad()
     def _track_usage_and_reseed(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
-        """Update the usage EMA; move codes used less than the threshold onto current encoder outputs."""
+        """Update the usage EMA; move codes used less than the threshold, and not at all in this batch, onto
+        current encoder outputs (`counts` are summed over ranks, so every rank finds the same dead codes)."""
         self.usage.mul_(0.99).add_(counts, alpha=0.01)
         if self.dead_code_threshold <= 0:
             return
-        dead = (self.usage < self.dead_code_threshold).nonzero().squeeze(1)
+        dead = ((self.usage < self.dead_code_threshold) & (counts == 0)).nonzero().squeeze(1)
         if dead.numel() == 0:
             return
         self._set_codes(dead, self._random_rows(flat, dead.numel()))
@@ -108,11 +109,11 @@ class _QuantizerBase(nn.Module):
             if self.training and not bool(self.initialized):
                 self._init_from_data(flat.detach())
             indices = self.nearest_codes(flat.detach())  # (N,)
+            quantized = self.embed_code(indices).view(z.shape)  # from the codebook the search used, before updates
             if self.training:
                 counts = all_reduce_sum_(torch.bincount(indices, minlength=self.codebook_size).float())
                 self._codebook_update(flat.detach(), indices, counts)
                 self._track_usage_and_reseed(flat.detach(), counts)
-            quantized = self.embed_code(indices).view(z.shape)
             loss = self._vq_loss(z, quantized)
             quantized = z + (quantized - z).detach()  # straight-through: decoder gradient reaches the encoder
         return quantized.movedim(-1, self.dim).contiguous(), loss, indices.view(z.shape[:-1])

@@ -1,5 +1,7 @@
 """Vector quantizers: nearest-code search, straight-through gradients, codebook learning, EMA formula."""
 
+import copy
+
 import pytest
 import torch
 
@@ -141,3 +143,21 @@ def test_encode_and_decode_indices_shapes_and_ranges(tiny_vqvae_config):
     assert idx.min() >= 0 and idx.max() < tiny_vqvae_config.codebook_size
     x_hat = model.decode_indices(idx)
     assert x_hat.shape == (3, 3, 32, 32) and x_hat.abs().max() <= 1
+
+
+@pytest.mark.parametrize("cls", QUANTIZERS)
+def test_a_code_used_in_the_batch_is_never_reseeded(cls):
+    q = cls(4, 2, dead_code_threshold=40.0).train()
+    q.initialized.fill_(True)
+    q._set_codes(torch.arange(4), torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 5.0], [100.0, 100.0]]))
+    q.usage.zero_()  # all four codes are below the threshold; this batch uses codes 0-2, not code 3
+    unseeded = copy.deepcopy(q)
+    unseeded.dead_code_threshold = 0.0  # the same step without any re-seeding
+    searched = q.codebook.detach().clone()  # the codebook the nearest-code search sees
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 11.0], [-9.0, 5.0]]).view(4, 2, 1, 1)
+    quantized, _, indices = q(z)
+    unseeded(z)
+    assert indices.flatten().tolist() == [0, 0, 1, 2]
+    assert torch.equal(q.codebook[:3], unseeded.codebook[:3])  # the used codes kept this step's update
+    assert distance_to_nearest(q.codebook[3:].detach(), z.view(4, 2)).item() < 1e-6  # the unused one moved
+    torch.testing.assert_close(quantized.view(4, 2), searched[indices.flatten()], rtol=0, atol=1e-6)
