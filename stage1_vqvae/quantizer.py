@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tools.common.distributed import all_gather_rows, all_reduce_sum_
+from tools.common.runtime import full_fp32_matmul
 
 
 class _QuantizerBase(nn.Module):
@@ -46,11 +47,15 @@ class _QuantizerBase(nn.Module):
         raise NotImplementedError
 
     def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code for each row of `flat` (N, D), in fp32: |z|^2 + |e|^2 - 2 z.e."""
-        codebook = self.codebook.float()
-        distances = torch.addmm(
-            flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1), flat, codebook.t(), alpha=-2.0
-        )  # (N, K)
+        """Index of the nearest code for each row of `flat` (N, D), in full fp32: |z|^2 + |e|^2 - 2 z.e.
+
+        The expansion cancels badly, so neither autocast nor the TF32 matmuls training enables may touch it.
+        """
+        with torch.autocast(device_type=flat.device.type, enabled=False), full_fp32_matmul():
+            flat, codebook = flat.float(), self.codebook.float()
+            distances = torch.addmm(
+                flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1), flat, codebook.t(), alpha=-2.0
+            )  # (N, K)
         return distances.argmin(1)
 
     def embed_code(self, indices: torch.Tensor) -> torch.Tensor:

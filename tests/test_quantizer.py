@@ -4,9 +4,11 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stage1_vqvae.model import VQVAE
 from stage1_vqvae.quantizer import EMAVectorQuantizer, VectorQuantizer
+from tools.common.runtime import configure_backend
 
 QUANTIZERS = [VectorQuantizer, EMAVectorQuantizer]
 
@@ -161,3 +163,50 @@ def test_a_code_used_in_the_batch_is_never_reseeded(cls):
     assert torch.equal(q.codebook[:3], unseeded.codebook[:3])  # the used codes kept this step's update
     assert distance_to_nearest(q.codebook[3:].detach(), z.view(4, 2)).item() < 1e-6  # the unused one moved
     torch.testing.assert_close(quantized.view(4, 2), searched[indices.flatten()], rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def training_backend():
+    """The precision flags configure_backend sets for CUDA training (TF32 matmuls and convs), restored afterwards."""
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    configure_backend(torch.device("cuda"))
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[1:]
+
+
+class MatmulPrecisionSpy(TorchDispatchMode):
+    """Records the fp32 matmul precision in force at every matrix product."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "mm" in func.__name__:
+            self.seen.append(torch.get_float32_matmul_precision())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cls", QUANTIZERS)
+def test_distances_run_in_full_fp32_while_training_allows_tf32(cls, training_backend):
+    q = make(cls)
+    with MatmulPrecisionSpy() as spy:
+        q.nearest_codes(torch.randn(10, 4))
+    assert spy.seen and set(spy.seen) == {"highest"}
+    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32  # the convolutions keep TF32
+
+
+@pytest.mark.parametrize("cls", QUANTIZERS)
+def test_distances_ignore_autocast(cls):
+    q = make(cls, k=64, d=8)
+    q._set_codes(torch.arange(64), torch.randn(64, 8) + 20)  # far from 0: |z|^2 + |e|^2 - 2 z.e cancels badly
+    flat = torch.randn(4096, 8) + 20
+    exact = ((flat.double()[:, None] - q.codebook.double()[None]) ** 2).sum(-1)
+    gap = exact.topk(2, largest=False).values.diff(dim=1).squeeze(1)
+    clear = gap > 1e-3  # rows whose two nearest codes fp32 can tell apart
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        indices = q.nearest_codes(flat)
+    assert clear.float().mean() > 0.9
+    assert torch.equal(indices[clear], exact.argmin(1)[clear])

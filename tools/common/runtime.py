@@ -61,6 +61,20 @@ def configure_backend(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+@contextlib.contextmanager
+def full_fp32_matmul():
+    """Run the block's fp32 matrix products in full fp32 (no TF32, no bf16 passes), then restore the setting.
+
+    configure_backend turns TF32 on for speed; a computation that cancels badly turns it off here only.
+    """
+    previous = torch.get_float32_matmul_precision()  # the same flag as torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def progress_disabled() -> bool:
     """Progress bars only on a terminal, so CI logs and captured output stay readable."""
     return not sys.stderr.isatty()
