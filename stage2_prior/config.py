@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from tools.common.cli import UserError, derived, opt
 from tools.common.curves import FLAG_HELP as TENSORBOARD_HELP
 
-# name: (hidden_channels, layers)
-SIZES = {"small": (64, 6), "base": (128, 8), "large": (192, 12)}
+# name: (hidden_channels, layers); each one's layers see every earlier code of an 8x8 grid at kernel 3
+SIZES = {"small": (64, 7), "base": (128, 8), "large": (192, 12)}
 
 
 @dataclass
@@ -23,7 +23,8 @@ class PriorConfig:
     size: str = opt("base", "capacity preset: " + ", ".join(f"{k} = {c} channels x {n} layers" for k, (c, n) in SIZES.items()),
                     choices=list(SIZES))
     hidden_channels: int | None = opt(None, "channels of each stack (auto: from --size)")
-    layers: int | None = opt(None, "gated layers, the first one is mask A (auto: from --size)")
+    layers: int | None = opt(None, "gated layers, the first one is mask A; each widens the reach by "
+                                   "kernel_size // 2 codes (auto: from --size)")
     kernel_size: int = opt(3, "odd kernel width of the masked convolutions")
     dropout: float = opt(0.3, "dropout on the gated outputs of every layer while training (chosen on "
                                   "validation at the base size, see BENCHMARKS.md)")

@@ -1,9 +1,14 @@
 """Gated PixelCNN over code maps (van den Oord et al. 2016, arXiv:1606.05328).
 
 A vertical stack sees only the rows above the current position and a horizontal stack only the
-positions to its left in the current row, so together they cover everything before it in raster
-order with no blind spot. Causality comes from padding and shifting rather than masking weights:
-the first layer shifts both stacks one step further (it must not see the current code, "mask A").
+positions to its left in the current row, so together they leave no blind spot inside their reach.
+That reach is finite (`reach`): with h = kernel_size // 2, a position's logits see h * layers + 1
+rows up, h * layers columns either side on those rows and h * layers + 1 positions to its left in
+its own row. That is every earlier code of an 8x8 grid with every size preset (kernel 3); on larger
+grids it is not, unless layers are added (`layers_to_see_everything`: 15 at 16x16, 31 at 32x32 with
+kernel 3); `stage2_prior.train` logs which holds. Causality comes from padding and shifting rather
+than masking weights: the first layer shifts both stacks one step further (it must not see the
+current code, "mask A").
 Invariant after every layer: vertical features at row i depend on rows < i only; horizontal
 features at (i, j) depend on positions before (i, j) only. Dropout acts on the gated outputs of both
 stacks while training; it is elementwise, so it cannot break the invariant.
@@ -15,6 +20,9 @@ so the bottom prior sees every top code and only the earlier bottom codes.
 No I/O here: tensors in, tensors and losses out.
 """
 
+import math
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,7 +32,40 @@ from stage2_prior.layers import GatedLayer, MapConditioner, draw
 from stage2_prior.sampling import sample_cached
 
 
+class Reach(NamedTuple):
+    """How far back a position's logits see, in codes (a rectangle of the rows above, and a run of its own row)."""
+
+    rows_up: int  # rows above the position's own
+    left: int  # columns to its left, on those rows
+    right: int  # columns to its right, on those rows
+    own_row: int  # positions to its left in its own row
+
+
+def reach(cfg: PriorConfig) -> Reach:
+    """Each layer widens both stacks by kernel_size // 2 codes; the first one's shift adds a row and a column."""
+    span = cfg.layers * (cfg.kernel_size // 2)
+    return Reach(rows_up=span + 1, left=span, right=span, own_row=span + 1)
+
+
+def sees_every_earlier_code(cfg: PriorConfig) -> bool:
+    """Whether every position's logits depend on every code before it in raster order."""
+    r, last_column = reach(cfg), cfg.grid_width - 1
+    return r.rows_up >= cfg.grid_height - 1 and min(r.left, r.right, r.own_row) >= last_column
+
+
+def layers_to_see_everything(kernel_size: int, grid_height: int, grid_width: int) -> int | None:
+    """The fewest layers with which every position sees every earlier code; None if no number will (kernel 1)."""
+    half = kernel_size // 2
+    needed = max(grid_width - 1, grid_height - 2, 0)
+    if half == 0:
+        return 1 if needed == 0 else None
+    return max(1, math.ceil(needed / half))
+
+
 class GatedPixelCNN(nn.Module):
+    """Gated PixelCNN prior; each position sees the earlier codes within `reach(cfg)`."""
+
+
     def __init__(self, cfg: PriorConfig):
         super().__init__()
         self.cfg = cfg

@@ -23,8 +23,9 @@ from tqdm import tqdm
 from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import PriorConfig
 from stage2_prior.data import count, level_specs, load_splits, read_meta, take, to_device
-from stage2_prior.hierarchy import LEVEL_NAMES, build_prior
+from stage2_prior.hierarchy import LEVEL_NAMES, build_prior, level_configs
 from stage2_prior.metrics import labels_or_none, split_bits
+from stage2_prior.model import layers_to_see_everything, reach, sees_every_earlier_code
 from tools.common.cli import UserError, build_parser, given_config_values, main_entry
 from tools.common.curves import Curves
 from tools.common.files import append_jsonl
@@ -143,6 +144,21 @@ def announce(cfg: PriorConfig, data: dict, carved: str, device) -> None:
     say(f"training a {kind}prior ({cfg.hidden_channels} channels x {cfg.layers} layers) on {counts} maps of "
         f"{grid}, device {device}"
         + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
+    levels = zip(LEVEL_NAMES, level_configs(cfg)) if cfg.levels == 2 else [("", cfg)]
+    for name, level in levels:
+        say(f"reach{f' of the {name} prior' if name else ''}: {reach_text(level)}")
+
+
+def reach_text(cfg: PriorConfig) -> str:
+    """What each code's logits see (`stage2_prior.model.reach`), and whether that is every earlier code."""
+    r, grid = reach(cfg), f"{cfg.grid_height}x{cfg.grid_width}"
+    text = (f"each code sees {r.rows_up} rows up ({r.left} columns left and {r.right} right of its own) "
+            f"and {r.own_row} codes to its left")
+    if sees_every_earlier_code(cfg):
+        return f"{text}: every earlier code of the {grid} grid"
+    needed = layers_to_see_everything(cfg.kernel_size, cfg.grid_height, cfg.grid_width)
+    remedy = f"--layers {needed}" if needed else "a --kernel-size above 1"
+    return f"{text}: not every earlier code of the {grid} grid ({remedy} would see them all)"
 
 
 def evaluate_splits(model, data: dict, cfg: PriorConfig, device, prefix: str = "") -> dict:
