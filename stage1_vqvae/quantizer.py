@@ -7,8 +7,8 @@ Two ways to learn the codebook (SPEC.md):
 Both initialise the codebook from the first training batch and re-seed codes that stop being used,
 so the codebook does not collapse to a few codes. Distances and EMA statistics are always fp32.
 Under data-parallel training, counts and sums are summed over ranks and replacement codes are drawn
-from the encoder outputs of all ranks with the same random draw, so every rank keeps the same codebook
-(the same one a single process would keep for the whole global batch).
+from the encoder outputs of all ranks by rank 0, which sends its draw to the others, so every rank keeps
+the same codebook (the one a single process would keep for the whole global batch, up to float rounding).
 
 Any tensor of vectors works: `dim` names the axis that holds the D features, 1 by default, which
 covers (B, D, H, W) feature maps and (N, D) embeddings alike; `dim=-1` takes channels-last (..., D).
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tools.common.distributed import all_gather_rows, all_reduce_sum_
+from tools.common.distributed import all_gather_rows, all_reduce_sum_, broadcast_, is_main
 from tools.common.runtime import full_fp32_matmul
 
 
@@ -63,13 +63,18 @@ class _QuantizerBase(nn.Module):
         return F.embedding(indices, self.codebook)
 
     def _random_rows(self, flat: torch.Tensor, count: int) -> torch.Tensor:
-        """`count` rows drawn from the encoder outputs of all ranks (without replacement when there are enough)."""
+        """`count` rows drawn from the encoder outputs of all ranks (without replacement when there are enough).
+
+        Rank 0 draws and sends its draw to the others: ranks' generators need not agree (each GPU has its own).
+        """
         flat = all_gather_rows(flat)
-        if flat.shape[0] >= count:
-            picks = torch.randperm(flat.shape[0], device=flat.device)[:count]
-        else:
-            picks = torch.randint(flat.shape[0], (count,), device=flat.device)
-        return flat[picks]
+        picks = torch.empty(count, dtype=torch.long, device=flat.device)
+        if is_main():
+            if flat.shape[0] >= count:
+                picks = torch.randperm(flat.shape[0], device=flat.device)[:count]
+            else:
+                picks = torch.randint(flat.shape[0], (count,), device=flat.device)
+        return flat[broadcast_(picks)]
 
     @torch.no_grad()
     def _init_from_data(self, flat: torch.Tensor) -> None:

@@ -33,9 +33,7 @@ def test_codebook_weights_and_optimizer_are_identical_on_every_rank(tmp_path, qu
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
     assert a["step"] == b["step"] == 32
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
-    assert all(torch.equal(x, y) for x, y in zip(optimizer_tensors(a), optimizer_tensors(b)))
+    assert_same_states(a, b)
 
 
 @pytest.mark.xfail(strict=False, reason="on 2026-11-21 this fails identically at commit b2e038b (before any change of "
@@ -54,6 +52,33 @@ def test_two_processes_with_half_batches_match_one_process(tmp_path):
             torch.testing.assert_close(two["model"][name], value, rtol=0, atol=1e-5, msg=name)
         else:
             assert torch.equal(two["model"][name], value), name
+
+
+def assert_same_states(a, b):
+    """Two saved worker states hold bitwise the same weights, buffers and optimizer tensors."""
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert all(torch.equal(x, y) for x, y in zip(optimizer_tensors(a), optimizer_tensors(b)))
+
+
+def test_ranks_with_their_own_generators_keep_one_codebook_through_a_kill_and_resume(tmp_path):
+    """Each rank's generator differs (as each GPU's does): re-seed rows must not depend on it, and each rank resumes its own."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    args = ["--rank-generators", "--epochs", "3"]
+    assert torchrun(2, WORKER, "--out", str(whole), *args).returncode == 0
+    assert_same_states(load(whole / "rank0.pt"), load(whole / "rank1.pt"))
+    assert torchrun(2, WORKER, "--out", str(killed), *args, "--kill-after", "20").returncode != 0
+    assert (killed / "state.pt").exists() and not (killed / "rank0.pt").exists()
+    result = torchrun(2, WORKER, "--out", str(killed), *args)  # resumes from the end of epoch 1 (step 16)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [load(killed / f"rank{rank}.pt") for rank in (0, 1)]
+    assert ranks[0]["step"] == 48 and ranks[0]["reseeded_codes"] > 0  # dead codes were re-seeded after the resume
+    assert_same_states(ranks[0], ranks[1])
+    for rank, resumed in enumerate(ranks):
+        uninterrupted = load(whole / f"rank{rank}.pt")
+        assert_same_states(uninterrupted, resumed)
+        assert torch.equal(uninterrupted["rng"], resumed["rng"]), f"rank {rank} did not resume its own generator"
 
 
 def test_a_dead_rank_fails_the_job_promptly(tmp_path):

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 from tools.common.cli import UserError
 from tools.common.files import TMP_PREFIX, save_checkpoint
 from tools.common.optimization import Optimization
-from tools.common.training import Progress, optimize, prepare_run, trim_metrics
+from tools.common.training import Progress, optimize, prepare_run, set_rng_states, trim_metrics
 from stage1_vqvae.config import VQVAEConfig
 
 STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "512", "--shapes-test", "64",
@@ -174,3 +174,11 @@ def test_metrics_log_is_trimmed_to_the_resume_point(tmp_path):
     log.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in [1, 2, 3]))
     trim_metrics(log, 2)
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def test_a_rank_restores_its_own_generator_and_old_state_files_still_load():
+    mine, rank_one = torch.manual_seed(1).get_state(), torch.manual_seed(2).get_state()
+    set_rng_states({"torch": rank_one, "ranks": {0: {"torch": mine}, 1: {"torch": rank_one}}})  # this process is rank 0
+    assert torch.equal(torch.get_rng_state(), mine)
+    set_rng_states({"torch": rank_one})  # written before per-rank states: rank 0's serve every rank
+    assert torch.equal(torch.get_rng_state(), rank_one)

@@ -73,6 +73,22 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def broadcast_(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `tensor` on every rank, in place."""
+    if active():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def gather_objects(value) -> list:
+    """Every rank's picklable `value`, in rank order, on every rank."""
+    if not active():
+        return [value]
+    values = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def any_rank(flag: bool, device) -> bool:
     """True on every rank if `flag` is true on any (so all ranks stop at the same step)."""
     if not active():

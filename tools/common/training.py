@@ -179,26 +179,43 @@ def restore(state, model, optimization: Optimization, out_dir: Path) -> Progress
         optimization.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"cannot resume: the saved state does not fit this model ({err}); use --fresh") from None
-    torch.set_rng_state(state["rng"]["torch"])
-    if torch.cuda.is_available() and "cuda" in state["rng"]:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    set_rng_states(state["rng"])
     progress = Progress(**state["progress"])
     trim_metrics(out_dir / METRICS, progress.epoch)
     say(f"resuming from epoch {progress.epoch}, step {progress.step}")
     return progress
 
 
-def save_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress) -> None:
-    """Write (rank 0) everything needed to resume from this step; all ranks wait for the write."""
-    if distributed.is_main():
-        _write_state(out_dir, stage, config, model, optimization, progress)
-    distributed.barrier()
-
-
-def _write_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress) -> None:
+def rng_states() -> dict:
+    """This process's generator states: CPU, and every CUDA device's when there is CUDA."""
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_states(rng: dict) -> None:
+    """Restore this rank's own generator states from a state file's `rng`.
+
+    Files written before per-rank states (no "ranks") hold rank 0's, which then serve every rank.
+    """
+    rng = rng.get("ranks", {}).get(distributed.rank(), rng)
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and "cuda" in rng:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress) -> None:
+    """Write (rank 0) everything needed to resume from this step; all ranks wait for the write."""
+    ranks = distributed.gather_objects(rng_states())
+    if distributed.is_main():
+        _write_state(out_dir, stage, config, model, optimization, progress, ranks)
+    distributed.barrier()
+
+
+def _write_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress,
+                 ranks: list) -> None:
+    rng = {**ranks[0], "ranks": dict(enumerate(ranks))}  # rank 0's at the top level, as older versions read it
     save_checkpoint(
         out_dir / STATE,
         stage,
