@@ -2,10 +2,9 @@
 
 from dataclasses import dataclass
 
+from foundation import levels as code_levels
 from tools.common.cli import UserError, derived, opt
 from tools.common.curves import FLAG_HELP as TENSORBOARD_HELP
-
-LEVEL_NAMES = ("top", "bottom")
 
 
 @dataclass
@@ -69,17 +68,17 @@ class VQVAEConfig:
                             f"use a multiple of {self.downsample * 2 ** (self.levels - 1)}")
 
     @property
-    def grid_shapes(self) -> list:
+    def grid_shapes(self) -> tuple:
         """(height, width) of each level's code grid, top level first."""
         bottom = self.image_size // self.downsample
-        return [(bottom // 2, bottom // 2), (bottom, bottom)][2 - self.levels :]
+        return code_levels.top_first((bottom // 2, bottom // 2), (bottom, bottom), self.levels)
 
     @property
-    def level_names(self) -> list:
+    def level_names(self) -> tuple:
         """Names of the levels, top level first, as logs and meta.json use them."""
-        return ["codes"] if self.levels == 1 else list(LEVEL_NAMES)
+        return code_levels.level_names(self.levels)
 
     @property
-    def codebook_sizes(self) -> list:
+    def codebook_sizes(self) -> tuple:
         """Codebook size of each level, top level first."""
-        return [self.top_codebook_size, self.codebook_size][2 - self.levels :]
+        return code_levels.top_first(self.top_codebook_size, self.codebook_size, self.levels)

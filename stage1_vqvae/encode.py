@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from foundation.levels import level_names, name_suffix
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.data import SPLITS, eval_batches, load_splits
 from tools.common.cli import main_entry
@@ -54,7 +55,7 @@ def parse_args(argv):
 
 def level_files(split: str, levels: int) -> list:
     """Code file names of a split, top level first: 'train.npy', or 'train_top.npy', 'train_bottom.npy'."""
-    return [f"{split}.npy"] if levels == 1 else [f"{split}_top.npy", f"{split}_bottom.npy"]
+    return [f"{split}{name_suffix(name)}.npy" for name in level_names(levels)]
 
 
 @torch.no_grad()
@@ -74,8 +75,8 @@ def encode_to_files(model, images: torch.Tensor, paths: list, batch_size: int, d
         for offset, flip in zip(range(0, len(passes) * n, n), passes):
             for start, x in zip(range(offset, offset + n, batch_size), eval_batches(images, batch_size, device)):
                 with autocast(device, cfg.precision):
-                    codes = model.encode(x.flip(3) if flip else x)
-                for file, level_codes in zip(files, codes if model.levels > 1 else (codes,)):
+                    codes = model.encode_levels(x.flip(3) if flip else x)
+                for file, level_codes in zip(files, codes):
                     file[start : start + x.shape[0]] = level_codes.cpu().numpy()
                 bar.update()
         bar.close()

@@ -9,7 +9,8 @@ import math
 import torch
 
 from stage1_vqvae import likelihood
-from stage1_vqvae.config import LEVEL_NAMES, VQVAEConfig
+from foundation.levels import LEVEL_NAMES, name_suffix
+from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import eval_batches
 from stage1_vqvae.model import VQVAE
 from stage1_vqvae.quantizer import count_usage
@@ -54,8 +55,7 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
     if likelihood.models_likelihood(model.cfg.recon_loss):
         metrics["decoder_bits_per_dim"] = metrics["recon"] / math.log(2)
     for name, level_counts in zip(model.cfg.level_names, counts):
-        suffix = f"_{name}" if model.levels > 1 else ""
-        metrics.update({f"{key}{suffix}": value for key, value in count_usage(level_counts).items()})
+        metrics.update({f"{key}{name_suffix(name)}": value for key, value in count_usage(level_counts).items()})
     if model.levels > 1:
         metrics["perplexity"], metrics["codes_used"] = metrics["perplexity_bottom"], metrics["codes_used_bottom"]
     return metrics

@@ -126,9 +126,15 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor):
         """Images (B, 3, S, S) in [-1, 1] -> code map (B, H, W), long; with two levels a tuple (top, bottom)."""
+        levels = self.encode_levels(x)
+        return levels[0] if self.levels == 1 else levels
+
+    @torch.no_grad()
+    def encode_levels(self, x: torch.Tensor) -> tuple:
+        """Images (B, 3, S, S) in [-1, 1] -> the code maps of every level, (B, H, W) long each, top level first."""
         features = self.encoder(x)
         if self.top is None:
-            return nearest_code_map(self.quantizer, features)
+            return (nearest_code_map(self.quantizer, features),)
         top = nearest_code_map(self.top.quantizer, self.top.encoder(features))
         top_q = self.top.quantizer.embed_code(top).permute(0, 3, 1, 2).to(features.dtype)
         return top, nearest_code_map(self.quantizer, self.top.bottom_input(features, top_q))

@@ -161,8 +161,8 @@ def train(given: dict, fresh: bool) -> None:
                       "seconds": seconds, "img_per_s": images_left / seconds, "processes": world}
             if distributed.is_main():
                 append_jsonl(out_dir / METRICS, record)
-                preview = save_preview(model, preview, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
-                curves.log(progress.epoch, record, {"test/reconstructions": preview})
+                picture = save_preview(model, preview, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
+                curves.log(progress.epoch, record, {"test/reconstructions": picture})
             save_state(out_dir, STAGE, cfg, model, optimization, progress)
             say(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(val)}  "
                 f"test {format_metrics(test)}  ({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")

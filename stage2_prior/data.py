@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foundation.levels import count, take
 from tools.common.cli import UserError
 from tools.common.files import read_json
 from tools.common.splits import describe_split, split_validation, validation_count
@@ -38,20 +39,6 @@ def level_specs(meta: dict) -> list:
         return meta["levels"]
     spec = {"name": "codes", "files": {split: f"{split}.npy" for split in ("train", "val", "test")}}
     return [{**spec, **{k: meta[k] for k in LEVEL_KEYS if k in meta}}]
-
-
-def take(codes, index):
-    """Rows `index` of a split's codes: one (N, H, W) tensor, or a tuple of them (one per level)."""
-    return tuple(level[index] for level in codes) if isinstance(codes, tuple) else codes[index]
-
-
-def count(codes) -> int:
-    """Number of maps (of images) in a split's codes."""
-    return (codes[0] if isinstance(codes, tuple) else codes).shape[0]
-
-
-def to_device(codes, device):
-    return tuple(level.to(device) for level in codes) if isinstance(codes, tuple) else codes.to(device)
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -88,7 +75,7 @@ def load_level(codes_dir: Path, split: str, spec: dict, expected: int | None) ->
 
 
 def load_codes(codes_dir, split: str, meta: dict):
-    """(codes, labels (N,) long) of one split: codes are (N, H, W) long, a tuple of them (top first) for two levels."""
+    """(codes, labels (N,) long) of one split: codes are a tuple of (N, H, W) long maps, one per level, top first."""
     codes_dir = Path(codes_dir)
     levels = [load_level(codes_dir, split, spec, meta["counts"].get(split)) for spec in level_specs(meta)]
     n = levels[0].shape[0]
@@ -98,7 +85,7 @@ def load_codes(codes_dir, split: str, meta: dict):
     labels = _load_array(labels_path)
     if labels.dtype.kind not in "iu" or labels.shape != (n,):
         raise UserError(f"{labels_path}: expected {n} integer labels, got {labels.dtype} {labels.shape}")
-    return (levels[0] if len(levels) == 1 else tuple(levels)), torch.from_numpy(labels.astype(np.int64))
+    return tuple(levels), torch.from_numpy(labels.astype(np.int64))
 
 
 def load_splits(codes_dir, meta: dict, val_size: float) -> tuple:
@@ -111,9 +98,9 @@ def load_splits(codes_dir, meta: dict, val_size: float) -> tuple:
         why = "the train maps are mirrored" if meta.get("train_mirrored") else "it has two levels"
         raise UserError(f"{codes_dir}: the validation codes are missing and {why}; re-run stage1_vqvae.encode")
     codes, labels = splits["train"]
-    validation_count(val_size, codes.shape[0], required=True)
+    validation_count(val_size, count(codes), required=True)
     train_idx, val_idx = split_validation(labels, val_size)
-    splits["train"], splits["val"] = (codes[train_idx], labels[train_idx]), (codes[val_idx], labels[val_idx])
+    splits["train"], splits["val"] = (take(codes, train_idx), labels[train_idx]), (take(codes, val_idx), labels[val_idx])
     note = (f"{codes_dir} has no val.npy (encoded by an older version): validating on "
-            f"{describe_split(val_idx, codes.shape[0])}")
+            f"{describe_split(val_idx, count(codes))}")
     return splits, note

@@ -3,7 +3,8 @@
 Both are gated PixelCNNs, trained together (one optimizer, the sum of their losses) and saved in one
 checkpoint. The top prior may be class-conditional; the bottom prior sees every top code (through the
 map conditioner inside each gate) and the earlier bottom codes only. Code maps come as a tuple
-(top, bottom), the form `VQVAE.encode` returns for two levels.
+(top, bottom), the form `VQVAE.encode` returns for two levels; `forward` and `level_log_probs` take
+the two maps as arguments, so every prior is called as `prior(*levels, labels=...)`.
 
 No I/O here: tensors in, tensors and losses out.
 """
@@ -15,8 +16,6 @@ import torch.nn as nn
 
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
-
-LEVEL_NAMES = ("top", "bottom")
 
 
 def level_configs(cfg: PriorConfig) -> tuple:
@@ -41,23 +40,22 @@ class HierarchicalPrior(nn.Module):
             raise ValueError("a two-level prior takes a tuple of code maps (top, bottom)")
         return codes[0].long(), codes[1].long()
 
-    def forward(self, codes, labels=None):
-        """(top, bottom) -> ((top logits, bottom logits), mean cross-entropy in nats over all codes of both levels)."""
-        top, bottom = self._split(codes)
-        top_logits, top_loss = self.top(top, labels)
-        bottom_logits, bottom_loss = self.bottom(bottom, cond=top)
+    def forward(self, top: torch.Tensor, bottom: torch.Tensor, labels=None):
+        """Top and bottom maps -> ((top logits, bottom logits), mean cross-entropy in nats over all codes of both levels)."""
+        top_logits, top_loss = self.top(top.long(), labels)
+        bottom_logits, bottom_loss = self.bottom(bottom.long(), cond=top.long())
         sizes = top[0].numel(), bottom[0].numel()
         loss = (top_loss * sizes[0] + bottom_loss * sizes[1]) / sum(sizes)
         return (top_logits, bottom_logits), loss
 
-    def level_log_probs(self, codes, labels=None) -> torch.Tensor:
+    def level_log_probs(self, top: torch.Tensor, bottom: torch.Tensor, labels=None) -> torch.Tensor:
         """Log-likelihood of each level's map, in nats: (B, 2), top level first."""
-        top, bottom = self._split(codes)
+        top, bottom = top.long(), bottom.long()
         return torch.stack([self.top.log_prob(top, labels), self.bottom.log_prob(bottom, cond=top)], dim=1)
 
     def log_prob(self, codes, labels=None) -> torch.Tensor:
         """Log-likelihood of each (top, bottom) pair, in nats summed over the levels: (B,)."""
-        return self.level_log_probs(codes, labels).sum(dim=1)
+        return self.level_log_probs(*self._split(codes), labels=labels).sum(dim=1)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
@@ -75,6 +73,9 @@ class HierarchicalPrior(nn.Module):
         """
         top, bottom = self._split(codes)
         return top, self.bottom.complete(bottom, keep_rows, None, temperature, top_k, generator, naive, cond=top)
+
+    sample_levels = sample  # the tuple form is this prior's own (`GatedPixelCNN` has the same three methods)
+    complete_levels = complete
 
 
 def build_prior(cfg: PriorConfig) -> nn.Module:

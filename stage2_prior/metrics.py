@@ -9,8 +9,7 @@ import math
 
 import torch
 
-from stage2_prior.data import count, take
-from stage2_prior.hierarchy import LEVEL_NAMES
+from foundation.levels import count, level_names, take
 from tools.common import distributed
 from tools.common.runtime import autocast
 
@@ -23,18 +22,19 @@ def labels_or_none(model, labels: torch.Tensor):
 
 
 @torch.no_grad()
-def split_bits(model, codes, labels, device, precision: str = "fp32") -> dict:
-    """Negative log-likelihood of a split: bits_per_code (over every code of every level), bits_per_image,
-    and with two levels top_bits_per_code and bottom_bits_per_code."""
+def split_bits(model, codes: tuple, labels, device, precision: str = "fp32") -> dict:
+    """Negative log-likelihood of a split's code maps (a tuple of levels): bits_per_code (over every code of
+    every level), bits_per_image, and with two levels top_bits_per_code and bottom_bits_per_code."""
     model.eval()
     nats = 0.0
     for start in range(0, count(codes), EVAL_BATCH):
         index = slice(start, start + EVAL_BATCH)
         with autocast(device, precision):
-            nats = nats - model.level_log_probs(take(codes, index), labels_or_none(model, labels[index])).sum(0)
+            nats = nats - model.level_log_probs(*take(codes, index), labels=labels_or_none(model, labels[index])).sum(0)
     bits = nats.double() / count(codes) / math.log(2)  # (levels,) bits per image
-    sizes = [level[0].numel() for level in (codes if isinstance(codes, tuple) else (codes,))]
+    sizes = [level[0].numel() for level in codes]
     figures = {"bits_per_code": bits.sum().item() / sum(sizes), "bits_per_image": bits.sum().item()}
-    if len(sizes) > 1:
-        figures.update({f"{name}_bits_per_code": b.item() / size for name, b, size in zip(LEVEL_NAMES, bits, sizes)})
+    if len(codes) > 1:
+        figures.update({f"{name}_bits_per_code": b.item() / size
+                        for name, b, size in zip(level_names(len(codes)), bits, sizes)})
     return figures

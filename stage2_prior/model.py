@@ -136,9 +136,22 @@ class GatedPixelCNN(nn.Module):
         logits = self.logits(codes.long(), labels, cond)
         return -F.cross_entropy(logits.float(), codes.long(), reduction="none").sum(dim=(1, 2))
 
+    # The project's own code passes code maps as a tuple of levels (`foundation.levels`); a two-level
+    # prior has the same three methods, so callers never ask how many levels a prior has.
     def level_log_probs(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
         """`log_prob` as (B, 1): one level, in the form a two-level prior gives (B, 2)."""
         return self.log_prob(codes, labels)[:, None]
+
+    def sample_levels(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
+                      generator: torch.Generator | None = None, naive: bool = False) -> tuple:
+        """`sample` as a 1-tuple of levels."""
+        return (self.sample(n, labels, temperature, top_k, generator, naive),)
+
+    def complete_levels(self, levels: tuple, keep_rows: int, labels=None, temperature: float = 1.0,
+                        top_k: int | None = None, generator: torch.Generator | None = None, naive: bool = False) -> tuple:
+        """`complete` of a 1-tuple of levels, as a 1-tuple."""
+        (codes,) = levels
+        return (self.complete(codes, keep_rows, labels, temperature, top_k, generator, naive),)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,

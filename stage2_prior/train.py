@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import PriorConfig
-from stage2_prior.data import count, level_specs, load_splits, read_meta, take, to_device
-from stage2_prior.hierarchy import LEVEL_NAMES, build_prior, level_configs
+from foundation.levels import count, level_names, take, to_device
+from stage2_prior.data import level_specs, load_splits, read_meta
+from stage2_prior.hierarchy import build_prior, level_configs
 from stage2_prior.metrics import labels_or_none, split_bits
 from stage2_prior.model import layers_to_see_everything, reach, sees_every_earlier_code
 from tools.common.cli import UserError, build_parser, given_config_values, main_entry
@@ -76,7 +77,7 @@ def train_epoch(model, optimization, codes, labels, cfg: PriorConfig, device, pr
     for start, stop_at in bar:
         picked = order[start:stop_at]
         with autocast(device, cfg.precision):
-            _, loss = model(take(codes, picked), labels_or_none(model, labels[picked]))
+            _, loss = model(*take(codes, picked), labels=labels_or_none(model, labels[picked]))
         bits = optimize(loss, model, optimization, progress) / math.log(2)
         bar.set_postfix(bits=f"{bits:.3f}")
         if stop.should_stop(device):
@@ -144,7 +145,7 @@ def announce(cfg: PriorConfig, data: dict, carved: str, device) -> None:
     say(f"training a {kind}prior ({cfg.hidden_channels} channels x {cfg.layers} layers) on {counts} maps of "
         f"{grid}, device {device}"
         + (f", {world} processes x batch {cfg.batch_size} = global batch {world * cfg.batch_size}" if world > 1 else ""))
-    levels = zip(LEVEL_NAMES, level_configs(cfg)) if cfg.levels == 2 else [("", cfg)]
+    levels = zip(level_names(2), level_configs(cfg)) if cfg.levels == 2 else [("", cfg)]
     for name, level in levels:
         say(f"reach{f' of the {name} prior' if name else ''}: {reach_text(level)}")
 
@@ -195,7 +196,7 @@ def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progre
 
 def level_text(figures: dict, prefix: str) -> str:
     """' (top 7.100, bottom 7.500)' for a two-level prior's figures, '' for one level."""
-    keys = {name: f"{prefix}{name}_bits_per_code" for name in LEVEL_NAMES}
+    keys = {name: f"{prefix}{name}_bits_per_code" for name in level_names(2)}
     parts = [f"{name} {figures[key]:.3f}" for name, key in keys.items() if key in figures]
     return f" ({', '.join(parts)})" if parts else ""
 

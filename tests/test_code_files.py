@@ -27,7 +27,7 @@ def write_codes(folder, train=None, labels=None, meta=None):
 
 def test_valid_codes_load_as_long_tensors(tmp_path):
     folder = write_codes(tmp_path)
-    codes, labels = load_codes(folder, "train", read_meta(folder))
+    (codes,), labels = load_codes(folder, "train", read_meta(folder))
     assert codes.shape == (6, 4, 4) and str(codes.dtype) == "torch.int64" and labels.tolist() == [0, 1, 2, 0, 1, 2]
 
 

@@ -51,7 +51,7 @@ def uniform_prior(levels: int):
 def test_bits_per_dim_equals_a_hand_computation(levels):
     vqvae, prior = known_decoder(levels), uniform_prior(levels)
     images = make_shapes(5, seed=3, size=32).images
-    codes = vqvae.encode(images.float() / 127.5 - 1)
+    codes = vqvae.encode_levels(images.float() / 127.5 - 1)
     meta = {"levels": [{"grid_shape": [4, 4], "codebook_size": 8}] * (levels == 2) + [{"grid_shape": [8, 8], "codebook_size": 16}]}
     run = FinishedRun(None, vqvae, prior, meta)
     # by hand: every sub-pixel value v of channel c costs -log2 softmax(bias of channel c)[v]; every code log2 K

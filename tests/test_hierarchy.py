@@ -128,7 +128,7 @@ def test_two_level_prior_samples_and_scores_tuples():
     log_prob = prior.log_prob((top, bottom), labels)
     by_level = prior.top.log_prob(top, labels) + prior.bottom.log_prob(bottom, cond=top)
     assert log_prob.shape == (3,) and torch.allclose(log_prob, by_level)
-    _, loss = prior((top, bottom), labels)
+    _, loss = prior(top, bottom, labels=labels)
     assert torch.allclose(loss, -log_prob.mean() / (16 + 64), rtol=1e-4)  # mean nats per code over both levels
     again = prior.sample(3, labels, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again[0], top) and torch.equal(again[1], bottom)
@@ -179,4 +179,4 @@ def test_old_one_level_code_folders_still_load(tmp_path):
             "num_classes": 1, "stage1_sha256": "x"}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     splits, note = load_splits(tmp_path, read_meta(tmp_path), 0.1)
-    assert splits["train"][0].shape == (20, 4, 4) and splits["test"][0].shape == (6, 4, 4) and note == ""
+    assert splits["train"][0][0].shape == (20, 4, 4) and splits["test"][0][0].shape == (6, 4, 4) and note == ""

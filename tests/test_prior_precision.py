@@ -21,9 +21,9 @@ def random_prior(levels: int):
 
 
 def random_split(levels: int, n: int = 6):
-    """(codes, labels) of one split: one (n, 4, 4) map per image, or a (top, bottom) tuple."""
+    """(codes, labels) of one split: a tuple of levels, (n, 4, 4) bottom maps and (n, 2, 2) top maps."""
     bottom = torch.randint(16, (n, 4, 4))
-    codes = (torch.randint(8, (n, 2, 2)), bottom) if levels == 2 else bottom
+    codes = (torch.randint(8, (n, 2, 2)), bottom) if levels == 2 else (bottom,)
     return codes, torch.zeros(n, dtype=torch.long)
 
 

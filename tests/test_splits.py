@@ -132,7 +132,7 @@ def test_code_folders_without_val_carve_one_from_train(tmp_path, tiny_checkpoint
     encode.main(["--ckpt", str(path), "--out-dir", str(folder), "--device", "cpu", "--no-mirror-train"])
     splits, note = load_code_splits(folder, read_meta(folder), 0.1)
     assert note == ""
-    assert splits["val"][0].shape[0] == 10
+    assert splits["val"][0][0].shape[0] == 10
     # an older folder: no val.npy, and meta.json without the val count
     (folder / "val.npy").unlink()
     (folder / "val_labels.npy").unlink()
@@ -140,9 +140,9 @@ def test_code_folders_without_val_carve_one_from_train(tmp_path, tiny_checkpoint
     del meta["counts"]["val"], meta["train_mirrored"]
     splits, note = load_code_splits(folder, meta, 0.1)
     assert "no val.npy" in note
-    assert splits["train"][0].shape[0] + splits["val"][0].shape[0] == 40 and splits["val"][0].shape[0] == 4
+    assert splits["train"][0][0].shape[0] + splits["val"][0][0].shape[0] == 40 and splits["val"][0][0].shape[0] == 4
     again, _ = load_code_splits(folder, meta, 0.1)
-    assert torch.equal(again["val"][0], splits["val"][0])
+    assert torch.equal(again["val"][0][0], splits["val"][0][0])
     meta["train_mirrored"] = True  # mirrored maps of one image would land on both sides of a carved split
     with pytest.raises(UserError, match="mirrored"):
         load_code_splits(folder, meta, 0.1)

@@ -34,12 +34,12 @@ def test_preview_of_a_folder_sorted_by_class_shows_every_class(tmp_path):
         for i in range(200):  # 20 test images per class
             Image.new("RGB", (16, 16), colour).save(tmp_path / "data" / name / f"{i:03d}.png")
     out = tmp_path / "run"
-    train.main(["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--image-size", "16", "--epochs", "1",
+    train.main(["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--image-size", "16", "--epochs", "2",
                 "--codebook-size", "8", "--embed-dim", "4", "--hidden-channels", "8", "--res-blocks", "1",
                 "--batch-size", "64", "--device", "cpu", "--out-dir", str(out)])
     train.main(["--eval-only", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--device", "cpu",
                 "--out-dir", str(out)])
-    for picture in ["recon_epoch001.png", "eval_recon.png"]:
+    for picture in ["recon_epoch001.png", "recon_epoch002.png", "eval_recon.png"]:
         # 16 inputs of 16x16 px, half of each class: the pure colours are the inputs (reconstructions are not exact)
         assert colour_pixels(out / picture, RED) >= 8 * 16 * 16, picture
         assert colour_pixels(out / picture, BLUE) >= 8 * 16 * 16, picture

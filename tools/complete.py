@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from foundation.levels import top_first
 from stage1_vqvae.data import pick_per_class, to_model_range
 from stage1_vqvae.encode import code_dtype, save_array
 from tools.common.cli import UserError, main_entry
@@ -48,23 +49,18 @@ def check_args(args, grid_height: int) -> int:
     return keep
 
 
-def levels_of(codes) -> tuple:
-    return codes if isinstance(codes, tuple) else (codes,)
-
-
-def repeat_maps(codes, times: int):
-    """Each map (of each level) `times` times in a row: (n, H, W) -> (n * times, H, W)."""
-    repeated = tuple(level.repeat_interleave(times, dim=0) for level in levels_of(codes))
-    return repeated if isinstance(codes, tuple) else repeated[0]
+def repeat_maps(codes: tuple, times: int) -> tuple:
+    """Each map of each level `times` times in a row: (n, H, W) -> (n * times, H, W)."""
+    return tuple(level.repeat_interleave(times, dim=0) for level in codes)
 
 
 @torch.no_grad()
-def complete(prior, codes, keep_rows: int, labels, args, device):
-    """n_completions completions of every map: the kept rows (and a top level) as given, the rest drawn."""
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    repeated = repeat_maps(codes, args.n_completions)
-    labels = None if labels is None else labels.repeat_interleave(args.n_completions)
-    return prior.complete(repeated, keep_rows, labels, args.temperature, args.top_k, generator)
+def complete(prior, codes: tuple, keep_rows: int, labels, n_completions: int, seed: int, device,
+             temperature: float = 1.0, top_k: int | None = None) -> tuple:
+    """`n_completions` completions of every map: the kept rows (and a top level) as given, the rest drawn."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    labels = None if labels is None else labels.repeat_interleave(n_completions)
+    return prior.complete_levels(repeat_maps(codes, n_completions), keep_rows, labels, temperature, top_k, generator)
 
 
 def grey_out(images: torch.Tensor, keep_rows: int, grid_height: int) -> torch.Tensor:
@@ -83,12 +79,12 @@ def save_picture(vqvae, x: torch.Tensor, codes, completed, keep_rows: int, grid_
     save_grid(rows.flatten(0, 1), path, nrow=rows.shape[1])
 
 
-def save_outputs(out_dir: Path, prior_cfg, completed, n: int, times: int) -> list:
+def save_outputs(out_dir: Path, prior_cfg, completed: tuple, n: int, times: int) -> list:
     """completions.npy (the drawn level), and completions_top.npy for two levels; returns the paths."""
-    levels = levels_of(completed)
-    sizes = [prior_cfg.top_codebook_size, prior_cfg.codebook_size][2 - len(levels) :]
-    names = ["completions.npy"] if len(levels) == 1 else ["completions_top.npy", "completions.npy"]
-    for name, level, size in zip(names, levels, sizes):
+    levels = len(completed)
+    sizes = top_first(prior_cfg.top_codebook_size, prior_cfg.codebook_size, levels)
+    names = top_first("completions_top.npy", "completions.npy", levels)
+    for name, level, size in zip(names, completed, sizes):
         save_array(out_dir / name, level.view(n, times, *level.shape[1:]).cpu().numpy().astype(code_dtype(size)))
     return [out_dir / name for name in names]
 
@@ -110,8 +106,9 @@ def run_completion(args) -> None:
     chosen = pick_per_class(test.labels, args.n_images)[: args.n_images]
     x = to_model_range(test.images[chosen].to(device))
     labels = test.labels[chosen].to(device) if run.prior.cfg.class_conditional else None
-    codes = run.vqvae.encode(x)
-    completed = complete(run.prior, codes, keep, labels, args, device)
+    codes = run.vqvae.encode_levels(x)
+    completed = complete(run.prior, codes, keep, labels, args.n_completions, args.seed, device, args.temperature,
+                         args.top_k)
     out_dir = Path(args.out_dir or run.run_dir / "complete")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)

@@ -17,16 +17,16 @@ optional Inception features (`pip install -e '.[metrics]'`); without them, one l
 everything else is written.
 """
 
-import argparse
 import math
 from pathlib import Path
 
 import torch
 
+from foundation.levels import count, take, to_device
 from stage1_vqvae.data import pick_per_class, to_model_range
 from stage1_vqvae.likelihood import models_likelihood
 from stage1_vqvae.metrics import eval_batch_size, evaluate
-from stage2_prior.data import level_specs, load_codes, take, to_device
+from stage2_prior.data import level_specs, load_codes
 from stage2_prior.metrics import split_bits
 from tools.common.cli import UserError, main_entry
 from tools.common.files import remove_stale_temporaries, write_json
@@ -91,16 +91,14 @@ def bits_per_dim(run, images: torch.Tensor, codes, prior_bits_per_image: float, 
 
 @torch.no_grad()
 def decode_uint8(vqvae, codes, device) -> torch.Tensor:
-    """Code maps (a tuple for two levels) -> uint8 images on the CPU, decoded batch by batch."""
-    n = (codes[0] if isinstance(codes, tuple) else codes).shape[0]
-    batch = eval_batch_size(vqvae.cfg)
+    """Code maps (a tuple of levels) -> uint8 images on the CPU, decoded batch by batch."""
+    n, batch = count(codes), eval_batch_size(vqvae.cfg)
     return torch.cat([to_uint8(vqvae.decode_indices(take(codes, slice(s, s + batch)))).cpu() for s in range(0, n, batch)])
 
 
-def draw(run, n: int, labels, args, device):
+def draw(run, n: int, labels, seed: int, batch_size: int, device):
     """n samples (codes, uint8 images), drawn batch by batch from one seeded generator (as tools.sample does)."""
-    settings = argparse.Namespace(n=n, seed=args.seed, batch_size=args.batch_size, temperature=1.0, top_k=None)
-    codes = draw_samples(run.prior, labels, settings, device)
+    codes = draw_samples(run.prior, labels, n, batch_size, seed, device)
     return codes, decode_uint8(run.vqvae, codes, device)
 
 
@@ -122,7 +120,7 @@ def class_rows(run, args, device):
     """One labelled row of samples per class, as a picture."""
     names = run.class_names()
     labels = torch.arange(len(names), device=device).repeat_interleave(PER_CLASS_ROW)
-    _, images = draw(run, labels.shape[0], labels, args, device)
+    _, images = draw(run, labels.shape[0], labels, args.seed, args.batch_size, device)
     rows = [to_model_range(images[c * PER_CLASS_ROW : (c + 1) * PER_CLASS_ROW]) for c in range(len(names))]
     return labelled_rows(rows, names)
 
@@ -146,7 +144,7 @@ def sample_figures(run, test_images: torch.Tensor, args, device) -> tuple:
     """({fid, kid, kid_std, n_samples}, {key: why it is null}, the sample images (uint8))."""
     extract, why = inception_or_reason(args, device)
     n = args.n_samples if extract else PICTURE_SAMPLES
-    _, images = draw(run, n, choose_labels(run.prior, None, n, device), args, device)
+    _, images = draw(run, n, choose_labels(run.prior, None, n, device), args.seed, args.batch_size, device)
     if extract is None:
         return {"fid": None, "kid": None, "n_samples": 0}, {"fid": why, "kid": why}, images
     return {**fid_and_kid(extract, in_batches(test_images), in_batches(images)), "n_samples": n}, {}, images

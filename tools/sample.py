@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foundation.levels import level_names, name_suffix, take, top_first
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.encode import code_dtype, save_array
 from stage2_prior.checkpoint import load_prior
-from stage2_prior.data import take
-from stage2_prior.hierarchy import LEVEL_NAMES
 from tools.common.cli import UserError, main_entry
 from tools.common.drawing import choose_labels, draw_samples
 from tools.common.files import remove_stale_temporaries, sha256_file
@@ -64,14 +63,12 @@ def resolve_vqvae(args, prior) -> Path:
 
 
 @torch.no_grad()
-def save_codes(codes, prior, out_dir: Path) -> list:
+def save_codes(codes: tuple, prior, out_dir: Path) -> list:
     """samples.npy, or samples_top.npy and samples_bottom.npy, in the smallest dtype; returns the paths."""
-    if not isinstance(codes, tuple):
-        paths, levels, sizes = [out_dir / "samples.npy"], (codes,), (prior.cfg.codebook_size,)
-    else:
-        paths = [out_dir / f"samples_{name}.npy" for name in LEVEL_NAMES]
-        levels, sizes = codes, (prior.cfg.top_codebook_size, prior.cfg.codebook_size)
-    for path, level, size in zip(paths, levels, sizes):
+    levels = len(codes)
+    paths = [out_dir / f"samples{name_suffix(name)}.npy" for name in level_names(levels)]
+    sizes = top_first(prior.cfg.top_codebook_size, prior.cfg.codebook_size, levels)
+    for path, level, size in zip(paths, codes, sizes):
         save_array(path, level.cpu().numpy().astype(code_dtype(size)))
     return paths
 
@@ -84,7 +81,7 @@ def main(argv=None):
     prior = load_prior(args.prior, device)
     vqvae = load_vqvae(resolve_vqvae(args, prior), device)
     labels = choose_labels(prior, args.label, args.n, device)
-    codes = draw_samples(prior, labels, args, device)
+    codes = draw_samples(prior, labels, args.n, args.batch_size, args.seed, device, args.temperature, args.top_k)
     images = torch.cat([vqvae.decode_indices(take(codes, slice(s, s + 256))) for s in range(0, args.n, 256)])
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

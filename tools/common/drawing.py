@@ -3,6 +3,7 @@
 import torch
 from tqdm import tqdm
 
+from foundation.levels import concatenate
 from tools.common.cli import UserError
 from tools.common.runtime import progress_disabled
 
@@ -21,14 +22,13 @@ def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | No
     return torch.full((n,), label, device=device, dtype=torch.long)
 
 
-def draw_samples(prior, labels, args, device):
-    """(n, H, W) code maps (a tuple of them, top first, for two levels) drawn batch by batch from one seeded generator."""
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+def draw_samples(prior, labels, n: int, batch_size: int, seed: int, device, temperature: float = 1.0,
+                 top_k: int | None = None) -> tuple:
+    """`n` code maps (a tuple of levels, top first) drawn `batch_size` at a time from one generator seeded with `seed`."""
+    generator = torch.Generator(device=device).manual_seed(seed)
     chunks = []
-    for start in tqdm(range(0, args.n, args.batch_size), desc="sampling", unit="batch", disable=progress_disabled()):
-        count = min(args.batch_size, args.n - start)
+    for start in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", disable=progress_disabled()):
+        count = min(batch_size, n - start)
         chunk_labels = None if labels is None else labels[start : start + count]
-        chunks.append(prior.sample(count, chunk_labels, args.temperature, args.top_k, generator))
-    if isinstance(chunks[0], tuple):
-        return tuple(torch.cat(level) for level in zip(*chunks))
-    return torch.cat(chunks)
+        chunks.append(prior.sample_levels(count, chunk_labels, temperature, top_k, generator))
+    return concatenate(chunks)
