@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tools import ratings, recommend
+from tools.recommend import command as recommend
+from tools.recommend import data as ratings
 from tools.common.cli import UserError
 
 SMALL = ["--synthetic-users", "200", "--synthetic-items", "300", "--epochs", "6", "--batch-size", "256",

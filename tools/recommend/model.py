@@ -1,4 +1,4 @@
-"""The rating model of the recommender experiment (`tools/recommend.py`): matrix factorisation with biases,
+"""The rating model of the recommender experiment (`python -m tools.recommend`): matrix factorisation with biases,
 optional genre side information, and an optional quantizer on the item vectors. No I/O here.
 
     rating(u, i) = mean + b_u + b_i + p_u . q_i

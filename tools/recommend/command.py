@@ -4,12 +4,12 @@
     python -m tools.recommend --dataset movielens --data-dir data  # ml-latest-small (downloaded when missing)
     make recommend                                                 # the same, into $(RUN_DIR)/recommend/
 
-Held-out cold items keep only 1 to --max-cold-train training ratings (`tools.ratings.cold_item_split`).
+Held-out cold items keep only 1 to --max-cold-train training ratings (`tools.recommend.data.cold_item_split`).
 Every model gets the same budget (epochs, batch size, Adam learning rate, regularisation, embedding
 size), the same starting user and item vectors, and the epoch with the best validation RMSE; the table
-gives test RMSE on all test ratings and on each group of items (`tools.ratings.item_groups`): cold,
+gives test RMSE on all test ratings and on each group of items (`tools.recommend.data.item_groups`): cold,
 warm (at least --warm-min-train training ratings), rare (fewer) and unseen (none). Models
-(`tools.rating_model`): matrix factorisation with biases (`mf`), the same with item vectors through a
+(`tools.recommend.model`): matrix factorisation with biases (`mf`), the same with item vectors through a
 vector quantizer and the straight-through estimator as in the source (`vq`), and with genres as side
 information for all of them, plus grouped (product) and residual quantizers. Writes to --out-dir:
 config.json, results.json, and item_codes.npy ((n_items, C), smallest unsigned dtype) with meta.json
@@ -32,8 +32,8 @@ from stage1_vqvae.multi_quantizer import build_quantizer
 from tools.common.cli import UserError, build_parser, config_from, given_config_values, main_entry, opt
 from tools.common.files import write_json
 from tools.common.runtime import cpu_threads, pick_device, progress_disabled
-from tools.rating_model import RatingModel
-from tools.ratings import (GROUPS, Ratings, Split, cold_item_split, group_definitions, item_groups, load_movielens,
+from tools.recommend.model import RatingModel
+from tools.recommend.data import (GROUPS, Ratings, Split, cold_item_split, group_definitions, item_groups, load_movielens,
                            synthetic_ratings)
 
 MODELS = {  # name: (genres as item side information, item quantizer or None)

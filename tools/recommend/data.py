@@ -1,4 +1,4 @@
-"""Ratings for the recommender experiment (`tools/recommend.py`): MovieLens, synthetic ratings, the cold-item split.
+"""Ratings for the recommender experiment (`python -m tools.recommend`): MovieLens, synthetic ratings, the cold-item split.
 
 - `load_movielens(data_dir)`: GroupLens' ml-latest-small (about 100k ratings, 610 users, 9.7k movies, genres),
   read from DATA_DIR/ml-latest-small/ or from DATA_DIR/ml-latest-small.zip, which is downloaded and checked
