@@ -29,7 +29,7 @@ class VQVAEConfig:
     top_codebook_size: int | None = opt(None, "K of the top level with --levels 2 (default: --codebook-size)")
     top_join: str = opt("residual", "with --levels 2, what the bottom quantizer sees: what the decoded top "
                                     "leaves of the bottom features (their difference), or both joined as in "
-                                    "VQ-VAE-2 (concat; runs from before this option)",
+                                    "VQ-VAE-2 (concat)",
                         choices=["residual", "concat"])
     embed_dim: int = opt(64, "D, size of each code vector")
     hidden_channels: int = opt(128, "width of the encoder/decoder at the latent resolution")
@@ -46,7 +46,7 @@ class VQVAEConfig:
     # training
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
-    lr: float = opt(2e-3, "peak Adam learning rate (chosen on validation, see BENCHMARKS.md)")
+    lr: float = opt(2e-3, "peak Adam learning rate")
     lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",
                            choices=["cosine", "constant"])
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")

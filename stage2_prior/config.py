@@ -26,19 +26,18 @@ class PriorConfig:
     layers: int | None = opt(None, "gated layers, the first one is mask A; each widens the reach by "
                                    "kernel_size // 2 codes (auto: from --size)")
     kernel_size: int = opt(3, "odd kernel width of the masked convolutions")
-    dropout: float = opt(0.3, "dropout on the gated outputs of every layer while training (chosen on "
-                                  "validation at the base size, see BENCHMARKS.md)")
+    dropout: float = opt(0.3, "dropout on the gated outputs of every layer while training")
     class_conditional: bool = opt(False, "condition every gate on the class label")
     # training
     epochs: int = opt(15, "training epochs (over mirrored train maps: as many steps as 30 without)")
     batch_size: int = opt(128, "code maps per step")
-    lr: float = opt(1e-3, "peak AdamW learning rate (chosen on validation, see BENCHMARKS.md)")
+    lr: float = opt(1e-3, "peak AdamW learning rate")
     lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",
                            choices=["cosine", "constant"])
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     weight_decay: float = opt(0.01, "AdamW weight decay (0: plain Adam)")
     weight_ema: float = opt(0.0, "decay of a moving average of the weights to evaluate, sample and save instead "
-                                 "of the raw ones, e.g. 0.995 (0: off; no gain measured with the cosine schedule)")
+                                 "of the raw ones, e.g. 0.995 (0: off)")
     seed: int = opt(0, "seed for initialisation and shuffling")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
     compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")

@@ -115,8 +115,8 @@ class GatedPixelCNN(nn.Module):
         features = self.condition_features(cond, batch)
         return [layer.bias(labels, features) for layer in self.layers]
 
-    def logits_from_embedded(self, x: torch.Tensor, labels=None, cond=None) -> torch.Tensor:
-        """Embedded codes (B, C, H, W) -> logits (B, K, H, W); exposed so tests can take gradients."""
+    def _logits_from_embedded(self, x: torch.Tensor, labels=None, cond=None) -> torch.Tensor:
+        """Embedded codes (B, C, H, W) -> logits (B, K, H, W) (the causality tests take gradients here)."""
         v = h = x
         for layer, bias in zip(self.layers, self.layer_biases(labels, cond, x.shape[0], x.device)):
             v, h = layer(v, h, bias)
@@ -124,7 +124,7 @@ class GatedPixelCNN(nn.Module):
 
     def logits(self, codes: torch.Tensor, labels=None, cond=None) -> torch.Tensor:
         """Codes (B, H, W) long -> logits (B, K, H, W)."""
-        return self.logits_from_embedded(self.embedding(codes).permute(0, 3, 1, 2), labels, cond)
+        return self._logits_from_embedded(self.embedding(codes).permute(0, 3, 1, 2), labels, cond)
 
     def forward(self, codes: torch.Tensor, labels=None, cond=None):
         """Codes (B, H, W) long -> (logits (B, K, H, W), mean cross-entropy in nats)."""

@@ -85,7 +85,7 @@ def test_conditioned_prior_sees_every_top_code_and_only_earlier_bottom_codes():
     model = conditioned_prior(grid=(4, 4))
     top = torch.randint(8, (1, 2, 2))
     x = model.embedding(torch.randint(16, (1, 4, 4))).permute(0, 3, 1, 2).detach().requires_grad_(True)
-    logits = model.logits_from_embedded(x, cond=top)
+    logits = model._logits_from_embedded(x, cond=top)
     for i in range(4):
         for j in range(4):
             (grad,) = torch.autograd.grad(logits[0, :, i, j].sum(), x, retain_graph=True)

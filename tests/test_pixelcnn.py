@@ -11,7 +11,7 @@ def gradient_of_logits_at(model, i, j, labels):
     """|d logits(i, j) / d embedded input| summed over channels: (H, W)."""
     cfg = model.cfg
     x = torch.randn(2, cfg.hidden_channels, cfg.grid_height, cfg.grid_width, requires_grad=True)
-    model.logits_from_embedded(x, labels)[:, :, i, j].sum().backward()
+    model._logits_from_embedded(x, labels)[:, :, i, j].sum().backward()
     return x.grad.abs().sum(dim=(0, 1))
 
 

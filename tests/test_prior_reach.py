@@ -17,7 +17,7 @@ def seen_from(model, i, j, cond=None) -> torch.Tensor:
     model = model.double().eval()
     cfg = model.cfg
     x = torch.randn(1, cfg.hidden_channels, cfg.grid_height, cfg.grid_width, dtype=torch.float64, requires_grad=True)
-    model.logits_from_embedded(x, cond=cond)[:, :, i, j].sum().backward()
+    model._logits_from_embedded(x, cond=cond)[:, :, i, j].sum().backward()
     return x.grad.abs().sum(dim=(0, 1)) > 0
 
 
