@@ -89,16 +89,16 @@ class ResidualQuantizer(_MultiCodebook):
         super().__init__(stages, codebook_size, embed_dim, embed_dim, quantizer, dim, **kwargs)
 
     def _quantize(self, z):
-        z = z.float()  # the stages compute in fp32 anyway; the residual must too
-        residual, total, losses, indices = z, torch.zeros_like(z), [], []
-        for q in self.quantizers:
-            _, loss, stage_indices = q(residual)
-            code = q.embed_code(stage_indices)
-            residual = residual - code.detach()  # the next stage sees what this one left
-            total = total + code.detach()
-            losses.append(loss)
-            indices.append(stage_indices)
-        quantized = z + (total - z).detach()  # straight-through for the sum, so the gradient is not counted N times
+        with torch.autocast(device_type=z.device.type, enabled=False):  # the stages and the residual in fp32
+            z = z.float()
+            residual, total, losses, indices = z, torch.zeros_like(z), [], []
+            for q in self.quantizers:
+                code, loss, stage_indices = q.quantize(residual)  # the code its search chose, before any update
+                residual = residual - code.detach()  # the next stage sees what this one left
+                total = total + code.detach()
+                losses.append(loss)
+                indices.append(stage_indices)
+            quantized = z + (total - z).detach()  # straight-through for the sum, so the gradient is not counted N times
         return quantized, torch.stack(losses).sum(), torch.stack(indices, -1)
 
     def embed_code(self, indices):

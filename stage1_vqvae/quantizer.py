@@ -115,18 +115,25 @@ class _QuantizerBase(nn.Module):
             raise ValueError(f"expected vectors of size {self.embed_dim} along dim {self.dim}, got shape {tuple(z_e.shape)}")
         with torch.autocast(device_type=z_e.device.type, enabled=False):
             z = z_e.float().movedim(self.dim, -1)  # (..., D)
-            flat = z.reshape(-1, self.embed_dim)  # (N, D)
-            if self.training and not bool(self.initialized):
-                self._init_from_data(flat.detach())
-            indices = self.nearest_codes(flat.detach())  # (N,)
-            quantized = self.embed_code(indices).view(z.shape)  # from the codebook the search used, before updates
-            if self.training:
-                counts = all_reduce_sum_(torch.bincount(indices, minlength=self.codebook_size).float())
-                self._codebook_update(flat.detach(), indices, counts)
-                self._track_usage_and_reseed(flat.detach(), counts)
-            loss = self._vq_loss(z, quantized)
-            quantized = z + (quantized - z).detach()  # straight-through: decoder gradient reaches the encoder
-        return quantized.movedim(-1, self.dim).contiguous(), loss, indices.view(z.shape[:-1])
+            codes, loss, indices = self.quantize(z)
+            quantized = z + (codes - z).detach()  # straight-through: decoder gradient reaches the encoder
+        return quantized.movedim(-1, self.dim).contiguous(), loss, indices
+
+    def quantize(self, z: torch.Tensor):
+        """fp32 channels-last vectors (..., D) -> (their codes (..., D), vq loss, indices (...)), no straight-through.
+
+        The codes come from the codebook the search used: in training mode the codebook moves afterwards.
+        """
+        flat = z.reshape(-1, self.embed_dim)  # (N, D)
+        if self.training and not bool(self.initialized):
+            self._init_from_data(flat.detach())
+        indices = self.nearest_codes(flat.detach())  # (N,)
+        codes = self.embed_code(indices).view(z.shape)
+        if self.training:
+            counts = all_reduce_sum_(torch.bincount(indices, minlength=self.codebook_size).float())
+            self._codebook_update(flat.detach(), indices, counts)
+            self._track_usage_and_reseed(flat.detach(), counts)
+        return codes, self._vq_loss(z, codes), indices.view(z.shape[:-1])
 
 
 class VectorQuantizer(_QuantizerBase):

@@ -1,5 +1,7 @@
 """The quantizers as a layer on any vectors: layouts, grouped and residual codes, straight-through, eval mode."""
 
+import copy
+
 import pytest
 import torch
 
@@ -39,6 +41,16 @@ def test_output_is_the_lookup_of_its_indices(kind, ema, shape, dim):
     vector_shape = tuple(s for i, s in enumerate(shape) if i != dim % len(shape))
     assert indices.shape == vector_shape + codes_per_vector and indices.dtype == torch.long
     torch.testing.assert_close(out, lookup(q, indices, dim), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_training_step_outputs_the_codes_its_search_chose_from(kind):
+    q = build_quantizer(16, D, **({} if kind == "plain" else {kind: 2}), dim=-1, decay=0.5).train()
+    z = torch.randn(64, D)
+    q(z)  # initialise the codebooks from the data
+    before = copy.deepcopy(q)  # the codebooks this step searches; the step then moves them (decay 0.5)
+    out, _, indices = q(z)
+    torch.testing.assert_close(out, lookup(before, indices, -1), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
