@@ -1,4 +1,5 @@
-"""Data-parallel training with torchrun on CPU (gloo, 2 processes): ranks agree, resume, take one process's step, fail fast."""
+"""Data-parallel training with torchrun on CPU (gloo, 2 processes): ranks agree and resume, one step equals one
+process's, a dead rank fails the job fast."""
 
 import json
 import subprocess
@@ -67,7 +68,7 @@ def assert_same_states(a, b):
 
 
 def test_ranks_with_their_own_generators_keep_one_codebook_through_a_kill_and_resume(tmp_path):
-    """Each rank's generator differs (as each GPU's does): re-seed rows must not depend on it, and each rank resumes its own."""
+    """Each rank's generator differs (as each GPU's does): re-seeds must not depend on it; each rank resumes its own."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
     args = ["--rank-generators", "--epochs", "3"]
