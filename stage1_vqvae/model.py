@@ -183,9 +183,7 @@ def check_levels(codes, levels: int) -> tuple:
 
 
 def nearest_code_map(quantizer, z: torch.Tensor) -> torch.Tensor:
-    """Encoder output (B, D, H, W) -> nearest code indices (B, H, W), distances in fp32."""
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        flat = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        indices = quantizer.nearest_codes(flat)
-    return indices.view(z.shape[0], z.shape[2], z.shape[3])
+    """Encoder output (B, D, H, W) -> nearest code indices (B, H, W) (`nearest_codes` computes in full fp32)."""
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return quantizer.nearest_codes(flat).view(z.shape[0], z.shape[2], z.shape[3])
 
