@@ -1,10 +1,10 @@
 """Load a trained VQ-VAE from its checkpoint alone (the config travels inside it)."""
 
+from foundation.cli import saved_config_from
+from foundation.files import load_checkpoint
+from foundation.runtime import pick_device
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
-from tools.common.cli import saved_config_from
-from tools.common.files import load_checkpoint
-from tools.common.runtime import pick_device
 
 STAGE = "vqvae"
 

@@ -1,10 +1,11 @@
-"""Stage-1 configuration: one dataclass, turned into flags by `tools.common.cli` and saved in every checkpoint."""
+"""Stage-1 configuration: one dataclass, turned into flags by `foundation.cli` and saved in every checkpoint."""
 
 from dataclasses import dataclass
 
 from foundation import levels as code_levels
-from tools.common.cli import UserError, derived, opt
-from tools.common.curves import FLAG_HELP as TENSORBOARD_HELP
+from foundation.cli import UserError, derived, opt
+from foundation.optimization import OptimizerSettings
+from foundation.curves import FLAG_HELP as TENSORBOARD_HELP
 
 
 @dataclass
@@ -66,6 +67,9 @@ class VQVAEConfig:
             raise UserError(f"--image-size {self.image_size} cannot be split into "
                             f"{'two levels of ' if self.levels == 2 else ''}codes with --downsample {self.downsample}: "
                             f"use a multiple of {self.downsample * 2 ** (self.levels - 1)}")
+
+    def optimizer_settings(self) -> OptimizerSettings:
+        return OptimizerSettings(self.lr, self.warmup_fraction, self.lr_schedule)
 
     @property
     def grid_shapes(self) -> tuple:

@@ -8,7 +8,7 @@ Sources: `cifar10` and `folder` (`stage1_vqvae.sources`), `shapes` (`stage1_vqva
 from a seed at any size; works offline, used by the demos).
 
 Splits are `train`, `val` and `test`. For cifar10 and folder the validation split is carved from the
-training images (`tools.common.splits`: seeded, stratified by class, `val_size` of them); shapes generate
+training images (`foundation.splits`: seeded, stratified by class, `val_size` of them); shapes generate
 their own validation images from a third seed. Test images are never part of train or val.
 """
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from foundation.cli import UserError
+from foundation.distributed import my_batches
+from foundation.splits import describe_split, split_validation, validation_count
 from stage1_vqvae.shapes import SHAPE_CLASSES, make_shapes
 from stage1_vqvae.sources import ImageSet, load_cifar10, load_folder
-from tools.common.cli import UserError
-from tools.common.distributed import my_batches
-from tools.common.splits import describe_split, split_validation, validation_count
 
 __all__ = ["ImageSet", "SHAPE_CLASSES", "SPLITS", "load_splits", "load_split", "make_shapes", "pick_per_class",
            "spread_over_classes", "train_batches", "eval_batches", "to_model_range"]

@@ -23,20 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from foundation.cli import main_entry
+from foundation.files import atomic_path, code_dtype, remove_stale_temporaries, save_array, sha256_file, write_json
 from foundation.levels import level_names, name_suffix
+from foundation.runtime import autocast, pick_device, progress_disabled
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.data import SPLITS, eval_batches, load_splits
-from tools.common.cli import main_entry
-from tools.common.files import atomic_path, remove_stale_temporaries, sha256_file, write_json
-from tools.common.runtime import autocast, pick_device, progress_disabled
-
-
-def code_dtype(codebook_size: int):
-    """Smallest unsigned integer dtype that holds indices in [0, codebook_size)."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if codebook_size - 1 <= np.iinfo(dtype).max:
-            return dtype
-    return np.int64
 
 
 def parse_args(argv):
@@ -90,12 +82,6 @@ def level_meta(cfg) -> list:
     return [{"name": name, "codebook_size": k, "grid_shape": list(grid), "dtype": np.dtype(code_dtype(k)).name,
              "files": {split: level_files(split, cfg.levels)[i] for split in SPLITS}}
             for i, (name, k, grid) in enumerate(zip(cfg.level_names, cfg.codebook_sizes, cfg.grid_shapes))]
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
 
 
 @main_entry

@@ -8,13 +8,13 @@ import math
 
 import torch
 
-from stage1_vqvae import likelihood
 from foundation.levels import LEVEL_NAMES, name_suffix
+from foundation.runtime import autocast
+from stage1_vqvae import likelihood
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import eval_batches
 from stage1_vqvae.model import VQVAE
 from stage1_vqvae.quantizer import count_usage
-from tools.common.runtime import autocast
 
 EVAL_BATCH = 512
 LOGITS_PER_PIXEL_BATCH = 64  # a categorical decoder's 768 logits per pixel: 512 images would take gigabytes

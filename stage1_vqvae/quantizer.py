@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tools.common.distributed import all_gather_rows, all_reduce_sum_, broadcast_, is_main
-from tools.common.runtime import full_fp32_matmul
+from foundation.distributed import all_gather_rows, all_reduce_sum_, broadcast_, is_main
+from foundation.runtime import full_fp32_matmul
 
 
 class _QuantizerBase(nn.Module):

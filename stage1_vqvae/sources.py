@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.common.cli import UserError
-from tools.common.files import atomic_path
+from foundation.cli import UserError
+from foundation.files import atomic_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -84,7 +84,7 @@ def _decode_files(paths: list, labels: list, class_names: list, size: int) -> tu
     """Decode image files into an ImageSet; also returns the paths that could not be decoded."""
     from tqdm import tqdm
 
-    from tools.common.runtime import progress_disabled
+    from foundation.runtime import progress_disabled
 
     arrays, kept_labels, failed = [], [], []
     bar = tqdm(paths, desc="decoding images", unit="img", leave=False, disable=progress_disabled())

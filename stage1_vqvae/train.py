@@ -19,20 +19,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from foundation import distributed
+from foundation.cli import UserError, build_parser, config_from, given_config_values, main_entry
+from foundation.curves import Curves
+from foundation.files import append_jsonl, write_json
+from foundation.images import save_comparison
+from foundation.optimization import Optimization
+from foundation.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
+from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
+                            say, write_config)
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import load_splits, spread_over_classes, to_model_range, train_batches
 from stage1_vqvae.metrics import evaluate, format_all_metrics, format_metrics, format_usage, levels_text
 from stage1_vqvae.model import VQVAE
-from tools.common.cli import UserError, build_parser, config_from, given_config_values, main_entry
-from tools.common.curves import Curves
-from tools.common.files import append_jsonl, write_json
-from tools.common.images import save_comparison
-from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
-from tools.common import distributed
-from tools.common.optimization import Optimization
-from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
-                            say, write_config)
 
 PREVIEW_IMAGES = 16  # test images in every recon_epochNNN.png, taken across the classes, the same all run
 # recon loss -> (the validation figure that chooses the epoch, its name in messages)
@@ -135,7 +135,7 @@ def train(given: dict, fresh: bool) -> None:
     cfg = check_same_split(cfg, note)
     model = VQVAE(cfg).to(device)
     total_steps = cfg.epochs * distributed.batch_count(images["train"].shape[0], cfg.batch_size)
-    optimization = Optimization.build(model, cfg, total_steps, device)
+    optimization = Optimization.build(model, cfg.optimizer_settings(), total_steps, device)
     progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)
     if maybe_compile([model.encoder, model.decoder], cfg.compile, device):  # the quantizer stays eager (data-dependent)

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stage1_vqvae.encode import code_dtype, save_array
-from stage1_vqvae.multi_quantizer import build_quantizer
-from tools.common.cli import UserError, build_parser, derived, given_config_values, main_entry, opt, saved_config_from
-from tools.common.files import append_jsonl, load_checkpoint, sha256_file, write_json
-from tools.common.optimization import Optimization
-from tools.common.runtime import configure_backend, cpu_threads, pick_device, progress_disabled, seed_everything
-from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
+from foundation.cli import UserError, build_parser, derived, given_config_values, main_entry, opt, saved_config_from
+from foundation.optimization import OptimizerSettings
+from foundation.files import append_jsonl, code_dtype, load_checkpoint, save_array, sha256_file, write_json
+from foundation.optimization import Optimization
+from foundation.runtime import configure_backend, cpu_threads, pick_device, progress_disabled, seed_everything
+from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
                                    save_state, say, write_config)
+from stage1_vqvae.multi_quantizer import build_quantizer
 
 STAGE = "vectors"
 EVAL_BATCH = 8192
@@ -65,6 +65,9 @@ class VectorsConfig:
     @property
     def kind(self) -> str:
         return "grouped" if self.groups > 1 else "residual" if self.stages > 1 else "plain"
+
+    def optimizer_settings(self) -> OptimizerSettings:
+        return OptimizerSettings(self.lr, self.warmup_fraction, self.lr_schedule)
 
 
 def build_model(cfg: VectorsConfig) -> torch.nn.Module:
@@ -222,7 +225,8 @@ def fit(cfg: VectorsConfig, state) -> None:
     vectors = torch.from_numpy(array).float().to(device)
     model = build_model(cfg).to(device)
     total_steps = cfg.epochs * -(-vectors.shape[0] // cfg.batch_size)
-    optimization = EMAOnly() if cfg.quantizer == "ema" else Optimization.build(model, cfg, total_steps, device)
+    optimization = (EMAOnly() if cfg.quantizer == "ema"
+                    else Optimization.build(model, cfg.optimizer_settings(), total_steps, device))
     progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)
     say(f"coding {vectors.shape[0]} vectors of D={cfg.embed_dim} with a {cfg.kind} {cfg.quantizer} quantizer "

@@ -1,10 +1,10 @@
 """Load a trained prior from its checkpoint alone (the config travels inside it)."""
 
+from foundation.cli import saved_config_from
+from foundation.files import load_checkpoint
+from foundation.runtime import pick_device
 from stage2_prior.config import PriorConfig
 from stage2_prior.hierarchy import build_prior
-from tools.common.cli import saved_config_from
-from tools.common.files import load_checkpoint
-from tools.common.runtime import pick_device
 
 STAGE = "prior"
 

@@ -1,4 +1,4 @@
-"""Stage-2 configuration: one dataclass, turned into flags by `tools.common.cli` and saved in every checkpoint.
+"""Stage-2 configuration: one dataclass, turned into flags by `foundation.cli` and saved in every checkpoint.
 
 Fields marked `cli=False` are not flags: they are read from the encoded dataset's meta.json.
 `--size` picks the capacity by name; `--hidden-channels` and `--layers` override its numbers.
@@ -6,8 +6,9 @@ Fields marked `cli=False` are not flags: they are read from the encoded dataset'
 
 from dataclasses import dataclass
 
-from tools.common.cli import UserError, derived, opt
-from tools.common.curves import FLAG_HELP as TENSORBOARD_HELP
+from foundation.cli import UserError, derived, opt
+from foundation.optimization import OptimizerSettings
+from foundation.curves import FLAG_HELP as TENSORBOARD_HELP
 
 # name: (hidden_channels, layers); each one's layers see every earlier code of an 8x8 grid at kernel 3
 SIZES = {"small": (64, 7), "base": (128, 8), "large": (192, 12)}
@@ -62,3 +63,6 @@ class PriorConfig:
         channels, layers = SIZES[self.size]
         self.hidden_channels = channels if self.hidden_channels is None else self.hidden_channels
         self.layers = layers if self.layers is None else self.layers
+
+    def optimizer_settings(self) -> OptimizerSettings:
+        return OptimizerSettings(self.lr, self.warmup_fraction, self.lr_schedule, self.weight_decay, self.weight_ema)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foundation.cli import UserError
+from foundation.files import read_json
 from foundation.levels import count, take
-from tools.common.cli import UserError
-from tools.common.files import read_json
-from tools.common.splits import describe_split, split_validation, validation_count
+from foundation.splits import describe_split, split_validation, validation_count
 
 META_KEYS = ("counts", "num_classes", "stage1_sha256")
 LEVEL_KEYS = ("codebook_size", "grid_shape")

@@ -9,9 +9,9 @@ import math
 
 import torch
 
+from foundation import distributed
 from foundation.levels import count, level_names, take
-from tools.common import distributed
-from tools.common.runtime import autocast
+from foundation.runtime import autocast
 
 EVAL_BATCH = 1024
 

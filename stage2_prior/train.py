@@ -20,21 +20,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from foundation import distributed
+from foundation.cli import UserError, build_parser, given_config_values, main_entry
+from foundation.curves import Curves
+from foundation.files import append_jsonl
+from foundation.levels import count, level_names, take, to_device
+from foundation.optimization import Optimization
+from foundation.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
+from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
+                            say, write_config)
 from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import PriorConfig
-from foundation.levels import count, level_names, take, to_device
 from stage2_prior.data import level_specs, load_splits, read_meta
 from stage2_prior.hierarchy import build_prior, level_configs
 from stage2_prior.metrics import labels_or_none, split_bits
 from stage2_prior.model import layers_to_see_everything, reach, sees_every_earlier_code
-from tools.common.cli import UserError, build_parser, given_config_values, main_entry
-from tools.common.curves import Curves
-from tools.common.files import append_jsonl
-from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
-from tools.common import distributed
-from tools.common.optimization import Optimization
-from tools.common.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
-                            say, write_config)
 
 
 def parse_args(argv):
@@ -115,7 +115,7 @@ def train(given: dict, fresh: bool) -> None:
     data = {name: (to_device(codes, device), labels.to(device)) for name, (codes, labels) in splits.items()}
     model = build_prior(cfg).to(device)
     total_steps = cfg.epochs * distributed.batch_count(count(data["train"][0]), cfg.batch_size)
-    optimization = Optimization.build(model, cfg, total_steps, device)
+    optimization = Optimization.build(model, cfg.optimizer_settings(), total_steps, device)
     progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)
     if maybe_compile([model], cfg.compile, device):

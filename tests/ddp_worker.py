@@ -16,15 +16,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from foundation import distributed  # noqa: E402
+from foundation.files import load_checkpoint  # noqa: E402
+from foundation.optimization import Optimization  # noqa: E402
+from foundation.training import STATE, StopSignal, restore, save_state  # noqa: E402
 from stage1_vqvae.checkpoint import STAGE  # noqa: E402
 from stage1_vqvae.config import VQVAEConfig  # noqa: E402
 from stage1_vqvae.data import make_shapes  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage1_vqvae.train import train_epoch  # noqa: E402
-from tools.common import distributed  # noqa: E402
-from tools.common.files import load_checkpoint  # noqa: E402
-from tools.common.optimization import Optimization  # noqa: E402
-from tools.common.training import STATE, StopSignal, restore, save_state  # noqa: E402
 
 
 def parse_args():
@@ -74,7 +74,8 @@ def main():
                       quantizer=args.quantizer, dead_code_threshold=40.0, precision="fp32", device="cpu")
     images = make_shapes(args.images, seed=0).images
     model = VQVAE(cfg)
-    optimization = Optimization.build(model, cfg, cfg.epochs * distributed.batch_count(len(images), cfg.batch_size), device)
+    total_steps = cfg.epochs * distributed.batch_count(len(images), cfg.batch_size)
+    optimization = Optimization.build(model, cfg.optimizer_settings(), total_steps, device)
     if args.rank_generators:
         torch.manual_seed(1000 + distributed.rank())
     state = load_checkpoint(out / STATE, STAGE) if (out / STATE).exists() else None

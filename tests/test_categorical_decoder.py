@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from foundation.files import load_checkpoint
 from stage1_vqvae import train as stage1_train
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import to_model_range
 from stage1_vqvae.metrics import evaluate
 from stage1_vqvae.model import VQVAE
 from tests.tiny_run import one_thread  # noqa: F401 (autouse)
-from tools.common.files import load_checkpoint
 
 
 def tiny(recon_loss="categorical", **overrides) -> VQVAE:

@@ -6,13 +6,13 @@ import os
 import pytest
 import torch
 
+from foundation.cli import UserError
+from foundation.files import load_checkpoint, save_checkpoint
 from stage1_vqvae import load_vqvae
 from stage1_vqvae.model import VQVAE
 from stage2_prior import load_prior
 from stage2_prior.model import GatedPixelCNN
 from tests.conftest import tiny_prior_config
-from tools.common.cli import UserError
-from tools.common.files import load_checkpoint, save_checkpoint
 
 
 def trained_vqvae(cfg):

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from foundation.cli import UserError
 from stage2_prior.data import load_codes, read_meta
-from tools.common.cli import UserError
 
 META = {"codebook_size": 16, "grid_shape": [4, 4], "counts": {"train": 6, "test": 2}, "num_classes": 3,
         "stage1_sha256": "0" * 64, "stage1_checkpoint": "none.pt"}

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import hflip
 
+from foundation.cli import UserError
 from stage1_vqvae import data, sources
 from stage1_vqvae.data import load_split, make_shapes, to_model_range, train_batches
-from tools.common.cli import UserError
 
 
 def test_shapes_are_deterministic_varied_and_labelled():

@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from foundation import distributed  # noqa: E402
 from stage1_vqvae.quantizer import EMAVectorQuantizer, VectorQuantizer  # noqa: E402
 from tests.ddp_worker import count_reseeds  # noqa: E402
-from tools.common import distributed  # noqa: E402
 
 QUANTIZERS = {"ema": EMAVectorQuantizer, "codebook": VectorQuantizer}
 STEPS, BATCH, CODES = 40, 64, 16  # a code never chosen falls below the threshold after 23 steps

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from foundation.cli import UserError
+from foundation.files import save_checkpoint
+from foundation.training import prepare_run
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
@@ -15,9 +18,6 @@ from stage2_prior.data import load_splits, read_meta
 from stage2_prior.hierarchy import HierarchicalPrior
 from stage2_prior.model import GatedPixelCNN
 from tests.conftest import tiny_prior_config
-from tools.common.cli import UserError
-from tools.common.files import save_checkpoint
-from tools.common.training import prepare_run
 
 
 def tiny_vqvae(**overrides) -> VQVAE:

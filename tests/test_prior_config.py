@@ -2,10 +2,10 @@
 
 import pytest
 
+from foundation.cli import UserError
 from stage2_prior import train
 from stage2_prior.config import PriorConfig
 from tests.test_code_files import write_codes
-from tools.common.cli import UserError
 
 
 @pytest.mark.parametrize("kernel_size", [2, 4, 0, -3])

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from foundation.runtime import configure_backend
 from stage1_vqvae.model import VQVAE
 from stage1_vqvae.quantizer import EMAVectorQuantizer, VectorQuantizer
-from tools.common.runtime import configure_backend
 
 QUANTIZERS = [VectorQuantizer, EMAVectorQuantizer]
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from foundation.cli import UserError
 from tests.conftest import ROOT
 from tools.recommend import command as recommend
 from tools.recommend import data as ratings
-from tools.common.cli import UserError
 
 SMALL = ["--synthetic-users", "200", "--synthetic-items", "300", "--epochs", "6", "--batch-size", "256",
          "--codebook-size", "16", "--device", "cpu"]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT
-from tools.common.cli import UserError
-from tools.common.files import TMP_PREFIX, save_checkpoint
-from tools.common.optimization import Optimization
-from tools.common.training import Progress, optimize, prepare_run, set_rng_states, trim_metrics
+from foundation.cli import UserError
+from foundation.files import TMP_PREFIX, save_checkpoint
+from foundation.optimization import Optimization
+from foundation.training import Progress, optimize, prepare_run, set_rng_states, trim_metrics
 from stage1_vqvae.config import VQVAEConfig
+from tests.conftest import ROOT
 
 STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "512", "--shapes-test", "64",
           "--codebook-size", "32", "--hidden-channels", "16", "--batch-size", "16", "--epochs", "3", "--device", "cpu"]
@@ -146,8 +146,9 @@ def test_nan_loss_stops_before_stepping():
     model = torch.nn.Linear(2, 1)
     before = [p.detach().clone() for p in model.parameters()]
     loss = model(torch.tensor([[float("nan"), 1.0]])).sum()
+    optimization = Optimization.build(model, VQVAEConfig().optimizer_settings(), 10, torch.device("cpu"))
     with pytest.raises(UserError, match="loss became nan"):
-        optimize(loss, model, Optimization.build(model, VQVAEConfig(), 10, torch.device("cpu")), Progress())
+        optimize(loss, model, optimization, Progress())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -155,7 +156,7 @@ def test_infinite_gradient_stops_before_stepping():
     model = torch.nn.Linear(2, 1)
     model.weight.register_hook(lambda grad: grad * float("inf"))
     before = [p.detach().clone() for p in model.parameters()]
-    optimization = Optimization.build(model, VQVAEConfig(), 10, torch.device("cpu"))
+    optimization = Optimization.build(model, VQVAEConfig().optimizer_settings(), 10, torch.device("cpu"))
     with pytest.raises(UserError, match="gradient became"):
         optimize(model(torch.ones(1, 2)).sum(), model, optimization, Progress())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from foundation.files import save_checkpoint, sha256_file
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
 from stage2_prior.model import GatedPixelCNN
 from tests.conftest import tiny_prior_config
 from tools import sample
-from tools.common.files import save_checkpoint, sha256_file
 
 
 def make_checkpoints(tmp_path, class_conditional=False):

@@ -8,6 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from foundation.cli import UserError
+from foundation.files import save_checkpoint
+from foundation.splits import split_validation, validation_count
 from stage1_vqvae import encode
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import load_splits, make_shapes
@@ -15,9 +18,6 @@ from stage1_vqvae.model import VQVAE
 from stage1_vqvae.train import check_same_split
 from stage2_prior.data import load_splits as load_code_splits
 from stage2_prior.data import read_meta
-from tools.common.cli import UserError
-from tools.common.files import save_checkpoint
-from tools.common.splits import split_validation, validation_count
 
 
 @pytest.mark.parametrize("size, expected", [(0.1, 10), (0.25, 25), (7, 7), (1, 1), (0.0, 0)])

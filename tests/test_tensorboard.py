@@ -5,11 +5,11 @@ import types
 
 import pytest
 
+from foundation.cli import UserError
+from foundation.curves import Curves
 from stage1_vqvae import train as stage1_train
 from stage2_prior import train as stage2_train
 from tests.tiny_run import make_tiny_run, one_thread  # noqa: F401 (autouse)
-from tools.common.cli import UserError
-from tools.common.curves import Curves
 
 STAGE1 = ["--dataset", "shapes", "--shapes-train", "24", "--shapes-test", "8", "--val-size", "4", "--codebook-size", "16",
           "--hidden-channels", "16", "--res-blocks", "1", "--embed-dim", "8", "--batch-size", "12", "--epochs", "2",

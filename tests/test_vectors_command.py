@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from foundation.training import StopSignal
 from stage1_vqvae import vectors
-from tools.common.training import StopSignal
 
 SIZES = ["--codebook-size", "16", "--batch-size", "64", "--epochs", "3", "--device", "cpu"]
 

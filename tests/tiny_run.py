@@ -5,6 +5,8 @@ import dataclasses
 import pytest
 import torch
 
+from foundation.files import save_checkpoint
+from foundation.runtime import cpu_threads
 from stage1_vqvae import encode
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
@@ -12,8 +14,6 @@ from stage2_prior.data import read_meta
 from stage2_prior.hierarchy import build_prior
 from stage2_prior.train import with_meta
 from tests.conftest import tiny_prior_config
-from tools.common.files import save_checkpoint
-from tools.common.runtime import cpu_threads
 
 SHAPES = dict(dataset="shapes", shapes_train=24, shapes_test=12, val_size=4)
 

@@ -23,16 +23,16 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.transforms.functional import to_pil_image
 
+from foundation.cli import main_entry
+from foundation.files import write_json
+from foundation.optimization import Optimization
+from foundation.runtime import autocast, configure_backend, maybe_compile, pick_device, resolve_precision
+from foundation.training import Progress, optimize
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import make_shapes, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
-from tools.common.cli import main_entry
-from tools.common.files import write_json
-from tools.common.runtime import autocast, configure_backend, maybe_compile, pick_device, resolve_precision
-from tools.common.optimization import Optimization
-from tools.common.training import Progress, optimize
 
 BATCH = 128
 SAMPLE_BATCH = 64
@@ -107,7 +107,7 @@ def bench_stage1_resident(images_u8, device, args, compile_setting, **model_args
     cfg = VQVAEConfig(image_size=images_u8.shape[-1], **model_args)
     model = VQVAE(cfg).to(device).train()
     maybe_compile([model.encoder, model.decoder], compile_setting, device)
-    optimizer = Optimization.build(model, cfg, 10**6, device)
+    optimizer = Optimization.build(model, cfg.optimizer_settings(), 10**6, device)
     resident = images_u8.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     batches = endless(lambda: train_batches(resident, BATCH, generator))
@@ -142,7 +142,7 @@ def bench_stage1_baseline(images_u8, device, args) -> float:
     """Same model and optimizer steps, fed by a DataLoader with per-image transforms, in fp32."""
     cfg = VQVAEConfig()
     model = VQVAE(cfg).to(device).train()
-    optimizer = Optimization.build(model, cfg, 10**6, torch.device("cpu"))  # unfused, as the textbook has it
+    optimizer = Optimization.build(model, cfg.optimizer_settings(), 10**6, torch.device("cpu"))  # unfused, as the textbook has it
     loader = DataLoader(PILImages(images_u8), batch_size=BATCH, shuffle=True, num_workers=0,
                         pin_memory=device.type == "cuda", drop_last=True)
     batches = endless(lambda: (x.to(device, non_blocking=True) for x, _ in loader))
@@ -168,7 +168,7 @@ def bench_prior_training(device, args, compile_setting) -> float:
     cfg = PriorConfig()
     model = GatedPixelCNN(cfg).to(device).train()
     maybe_compile([model], compile_setting, device)
-    optimizer = Optimization.build(model, cfg, 10**6, device)
+    optimizer = Optimization.build(model, cfg.optimizer_settings(), 10**6, device)
     codes = torch.randint(0, cfg.codebook_size, (BATCH * 8, cfg.grid_height, cfg.grid_width), device=device)
     progress = Progress()
 

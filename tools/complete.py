@@ -16,14 +16,13 @@ from pathlib import Path
 
 import torch
 
+from foundation.cli import UserError, main_entry
+from foundation.files import code_dtype, remove_stale_temporaries, save_array
+from foundation.images import save_grid
 from foundation.levels import top_first
+from foundation.runtime import cpu_threads, pick_device
 from stage1_vqvae.data import pick_per_class, to_model_range
-from stage1_vqvae.encode import code_dtype, save_array
-from tools.common.cli import UserError, main_entry
-from tools.common.files import remove_stale_temporaries
 from tools.common.finished_run import load_finished_run, load_test_images, run_parser
-from tools.common.images import save_grid
-from tools.common.runtime import cpu_threads, pick_device
 
 
 def parse_args(argv):

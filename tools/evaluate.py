@@ -22,19 +22,19 @@ from pathlib import Path
 
 import torch
 
+from foundation.cli import UserError, main_entry
+from foundation.files import remove_stale_temporaries, write_json
+from foundation.images import labelled_rows, save_comparison, save_grid, save_png
 from foundation.levels import count, take, to_device
+from foundation.runtime import cpu_threads, pick_device
 from stage1_vqvae.data import pick_per_class, to_model_range
 from stage1_vqvae.likelihood import models_likelihood
 from stage1_vqvae.metrics import eval_batch_size, evaluate
 from stage2_prior.data import level_specs, load_codes
 from stage2_prior.metrics import split_bits
-from tools.common.cli import UserError, main_entry
-from tools.common.files import remove_stale_temporaries, write_json
-from tools.common.finished_run import load_finished_run, load_test_images, run_parser, to_uint8
-from tools.common.images import labelled_rows, save_comparison, save_grid, save_png
-from tools.common.runtime import cpu_threads, pick_device
-from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_features
 from tools.common.drawing import choose_labels, draw_samples
+from tools.common.finished_run import load_finished_run, load_test_images, run_parser, to_uint8
+from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_features
 
 PICTURE_SAMPLES = 64
 RECON_IMAGES = 20  # about this many test images in recon.png, spread over the classes

@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foundation.cli import UserError, main_entry
+from foundation.files import code_dtype, remove_stale_temporaries, save_array, sha256_file
+from foundation.images import save_grid
 from foundation.levels import level_names, name_suffix, take, top_first
+from foundation.runtime import pick_device
 from stage1_vqvae.checkpoint import load_vqvae
-from stage1_vqvae.encode import code_dtype, save_array
 from stage2_prior.checkpoint import load_prior
-from tools.common.cli import UserError, main_entry
 from tools.common.drawing import choose_labels, draw_samples
-from tools.common.files import remove_stale_temporaries, sha256_file
-from tools.common.images import save_grid
-from tools.common.runtime import pick_device
 
 
 def parse_args(argv):

@@ -3,9 +3,9 @@
 import torch
 from tqdm import tqdm
 
+from foundation.cli import UserError
 from foundation.levels import concatenate
-from tools.common.cli import UserError
-from tools.common.runtime import progress_disabled
+from foundation.runtime import progress_disabled
 
 
 def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from foundation.cli import UserError
+from foundation.files import sha256_file
 from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.data import ImageSet, load_split
 from stage2_prior.checkpoint import load_prior
 from stage2_prior.data import read_meta
-from tools.common.cli import UserError
-from tools.common.files import sha256_file
 
 # artifact (relative to RUN_DIR) -> the make target that writes it
 TARGETS = {"vqvae/ckpt.pt": "train-vqvae", "codes/meta.json": "encode-dataset", "prior/ckpt.pt": "train-prior"}

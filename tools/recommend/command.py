@@ -27,14 +27,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stage1_vqvae.encode import code_dtype, save_array
+from foundation.cli import UserError, build_parser, config_from, given_config_values, main_entry, opt
+from foundation.files import code_dtype, save_array, write_json
+from foundation.runtime import cpu_threads, pick_device, progress_disabled
 from stage1_vqvae.multi_quantizer import build_quantizer
-from tools.common.cli import UserError, build_parser, config_from, given_config_values, main_entry, opt
-from tools.common.files import write_json
-from tools.common.runtime import cpu_threads, pick_device, progress_disabled
-from tools.recommend.model import RatingModel
 from tools.recommend.data import (GROUPS, Ratings, Split, cold_item_split, group_definitions, item_groups, load_movielens,
                            synthetic_ratings)
+from tools.recommend.model import RatingModel
 
 MODELS = {  # name: (genres as item side information, item quantizer or None)
     "mf": (False, None),

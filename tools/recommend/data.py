@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.common.cli import UserError
-from tools.common.files import atomic_path
+from foundation.cli import UserError
+from foundation.files import atomic_path
 
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 # The release of 2018-09-26 (978,202 bytes, 100,836 ratings, 9,742 movies), as pinned by several independent

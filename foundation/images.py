@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 from torchvision.transforms.functional import to_pil_image
 
-from tools.common.files import atomic_path
+from foundation.files import atomic_path
 
 PADDING = 2
 LABEL_MARGIN = 6  # pixels of white around a row's label

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from tools.common import distributed
-from tools.common.cli import UserError, config_from, saved_config_from
-from tools.common.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
-from tools.common.optimization import Optimization
+from foundation import distributed
+from foundation.cli import UserError, config_from, saved_config_from
+from foundation.files import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_json
+from foundation.optimization import Optimization
 
 CKPT = "ckpt.pt"
 STATE = "state.pt"

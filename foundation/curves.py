@@ -7,8 +7,8 @@ stops before training with one message saying what to install. Only rank 0 write
 
 from pathlib import Path
 
-from tools.common import distributed
-from tools.common.cli import UserError
+from foundation import distributed
+from foundation.cli import UserError
 
 FOLDER = "tensorboard"
 INSTALL = "pip install -e '.[tensorboard]'"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import torch
 
-from tools.common.cli import UserError
+from foundation.cli import UserError
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -8,7 +8,7 @@ import hashlib
 
 import torch
 
-from tools.common.cli import UserError
+from foundation.cli import UserError
 
 SPLIT_SEED = 0  # fixed, not the training --seed: runs with different seeds are selected on the same images
 

@@ -42,6 +42,17 @@ def warmed_up_ema(decay: float):
     return update
 
 
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What `Optimization.build` needs to know; each stage's config gives its own (`cfg.optimizer_settings()`)."""
+
+    lr: float  # peak learning rate
+    warmup_fraction: float
+    schedule: str = "cosine"  # after the warm-up: "cosine" decay to 0, or "constant"
+    weight_decay: float = 0.0  # > 0: AdamW, else plain Adam
+    weight_ema: float = 0.0  # > 0: keep a moving average of the weights with this decay
+
+
 @dataclass
 class Optimization:
     """What one training step changes besides the weights, saved and resumed together.
@@ -55,14 +66,15 @@ class Optimization:
     ema: AveragedModel | None = None
 
     @classmethod
-    def build(cls, model, cfg, total_steps: int, device):
-        """AdamW (plain Adam when cfg.weight_decay is 0) at cfg.lr with cfg's schedule, and a weight average
-        when cfg.weight_ema > 0. A config without those fields (stage 1's) gets neither."""
-        weight_decay, ema_decay = getattr(cfg, "weight_decay", 0.0), getattr(cfg, "weight_ema", 0.0)
-        kind = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
-        optimizer = kind(model.parameters(), lr=cfg.lr, weight_decay=weight_decay, fused=device.type == "cuda")
-        scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_fraction, cfg.lr_schedule)
-        ema = AveragedModel(model, multi_avg_fn=warmed_up_ema(ema_decay)) if ema_decay > 0 else None
+    def build(cls, model, settings: OptimizerSettings, total_steps: int, device):
+        """AdamW (plain Adam when the weight decay is 0) with the settings' schedule over `total_steps`, and a
+        weight average when `settings.weight_ema` > 0."""
+        kind = torch.optim.AdamW if settings.weight_decay > 0 else torch.optim.Adam
+        optimizer = kind(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+                         fused=device.type == "cuda")
+        scheduler = warmup_cosine(optimizer, total_steps, settings.warmup_fraction, settings.schedule)
+        ema = (AveragedModel(model, multi_avg_fn=warmed_up_ema(settings.weight_ema)) if settings.weight_ema > 0
+               else None)
         return cls(optimizer, scheduler, ema)
 
     def step(self, model) -> None:

@@ -13,9 +13,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from tools.common.cli import UserError
+from foundation.cli import UserError
 
 FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-"
@@ -110,3 +111,17 @@ def load_checkpoint(path, stage: str, map_location="cpu") -> dict:
     if ckpt["stage"] != stage:
         raise UserError(f"{path}: this is a '{ckpt['stage']}' checkpoint, expected a '{stage}' checkpoint")
     return ckpt
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """np.save, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def code_dtype(codebook_size: int):
+    """Smallest unsigned integer dtype that holds indices in [0, codebook_size)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if codebook_size - 1 <= np.iinfo(dtype).max:
+            return dtype
+    return np.int64
