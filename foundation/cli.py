@@ -36,8 +36,10 @@ def _flag_type(annotation):
 
 
 def cli_fields(config_cls) -> list:
-    """The dataclass fields that are command-line flags."""
-    return [f for f in dataclasses.fields(config_cls) if f.metadata.get("cli", True)]
+    """The dataclass fields that are command-line flags, the class's own before those it inherits."""
+    fields = [f for f in dataclasses.fields(config_cls) if f.metadata.get("cli", True)]
+    own = vars(config_cls).get("__annotations__", {})
+    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
 
 
 def build_parser(config_cls, description: str) -> argparse.ArgumentParser:

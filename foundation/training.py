@@ -69,6 +69,16 @@ def clear_run(out_dir: Path) -> None:
         picture.unlink()
 
 
+def train_in_process_group(config_cls, given: dict, fresh: bool, train) -> None:
+    """Check the flags, join the process group when torchrun started this process, `train(given, fresh)`, leave it."""
+    config_cls(**given)  # a bad flag stops here, before --fresh clears the run folder
+    given["device"] = distributed.setup(given.get("device", config_cls().device))
+    try:
+        train(given, fresh)
+    finally:
+        distributed.teardown()
+
+
 def prepare_run(config_cls, given: dict, stage: str, fresh: bool):
     """(config, resume state or None), or (None, None) when this run folder already finished training.
 

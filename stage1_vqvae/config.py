@@ -4,12 +4,13 @@ from dataclasses import dataclass
 
 from foundation import levels as code_levels
 from foundation.cli import UserError, derived, opt
-from foundation.optimization import OptimizerSettings
+from foundation.config import TrainingFlags
 from foundation.curves import FLAG_HELP as TENSORBOARD_HELP
+from foundation.optimization import OptimizerSettings
 
 
 @dataclass
-class VQVAEConfig:
+class VQVAEConfig(TrainingFlags):
     ADDED_LATER = {"top_join": "concat"}  # what checkpoints saved before these fields were trained with
 
     # data
@@ -48,13 +49,7 @@ class VQVAEConfig:
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
     lr: float = opt(2e-3, "peak Adam learning rate")
-    lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",
-                           choices=["cosine", "constant"])
-    warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     seed: int = opt(0, "seed for initialisation, shuffling and augmentation")
-    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
-    compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
-    precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32", choices=["auto", "fp32", "bf16"])
     tensorboard: bool = opt(False, TENSORBOARD_HELP.format(what="losses, PSNR, codes used and reconstructions"))
     # recorded by the run
     val_split: str = derived("")  # how the validation images were chosen, with a fingerprint

@@ -26,8 +26,8 @@ from foundation.files import append_jsonl, write_json
 from foundation.images import save_comparison
 from foundation.optimization import Optimization
 from foundation.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
-from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
-                            say, write_config)
+from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
+                                  save_state, say, train_in_process_group, write_config)
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import load_splits, spread_over_classes, to_model_range, train_batches
@@ -114,11 +114,7 @@ def main(argv=None):
     given = given_config_values(VQVAEConfig, args)
     if args.eval_only:
         return run_eval_only(args, given)
-    given["device"] = distributed.setup(given.get("device", VQVAEConfig().device))
-    try:
-        train(given, args.fresh)
-    finally:
-        distributed.teardown()
+    train_in_process_group(VQVAEConfig, given, args.fresh, train)
 
 
 def train(given: dict, fresh: bool) -> None:

@@ -7,15 +7,16 @@ Fields marked `cli=False` are not flags: they are read from the encoded dataset'
 from dataclasses import dataclass
 
 from foundation.cli import UserError, derived, opt
-from foundation.optimization import OptimizerSettings
+from foundation.config import TrainingFlags
 from foundation.curves import FLAG_HELP as TENSORBOARD_HELP
+from foundation.optimization import OptimizerSettings
 
 # name: (hidden_channels, layers); each one's layers see every earlier code of an 8x8 grid at kernel 3
 SIZES = {"small": (64, 7), "base": (128, 8), "large": (192, 12)}
 
 
 @dataclass
-class PriorConfig:
+class PriorConfig(TrainingFlags):
     codes_dir: str = opt("runs/codes", "folder written by stage1_vqvae.encode (train.npy, test.npy, meta.json)")
     out_dir: str = opt("runs/prior", "where checkpoints and logs go")
     val_size: float = opt(0.1, "for code folders without val.npy (older runs): train maps held out for "
@@ -33,16 +34,10 @@ class PriorConfig:
     epochs: int = opt(15, "training epochs (over mirrored train maps: as many steps as 30 without)")
     batch_size: int = opt(128, "code maps per step")
     lr: float = opt(1e-3, "peak AdamW learning rate")
-    lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0 over the run, or constant",
-                           choices=["cosine", "constant"])
-    warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     weight_decay: float = opt(0.01, "AdamW weight decay (0: plain Adam)")
     weight_ema: float = opt(0.0, "decay of a moving average of the weights to evaluate, sample and save instead "
                                  "of the raw ones, e.g. 0.995 (0: off)")
     seed: int = opt(0, "seed for initialisation and shuffling")
-    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
-    compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
-    precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32", choices=["auto", "fp32", "bf16"])
     tensorboard: bool = opt(False, TENSORBOARD_HELP.format(what="train, validation and test bits per code"))
     # from meta.json
     codebook_size: int = derived(512)

@@ -27,8 +27,8 @@ from foundation.files import append_jsonl
 from foundation.levels import count, level_names, take, to_device
 from foundation.optimization import Optimization
 from foundation.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
-from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore, save_state,
-                            say, write_config)
+from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
+                                  save_state, say, train_in_process_group, write_config)
 from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import PriorConfig
 from stage2_prior.data import level_specs, load_splits, read_meta
@@ -88,13 +88,7 @@ def train_epoch(model, optimization, codes, labels, cfg: PriorConfig, device, pr
 @main_entry
 def main(argv=None):
     args = parse_args(argv)
-    given = given_config_values(PriorConfig, args)
-    PriorConfig(**given)  # a bad flag stops here, before --fresh clears the run folder
-    given["device"] = distributed.setup(given.get("device", PriorConfig().device))
-    try:
-        train(given, args.fresh)
-    finally:
-        distributed.teardown()
+    train_in_process_group(PriorConfig, given_config_values(PriorConfig, args), args.fresh, train)
 
 
 def train(given: dict, fresh: bool) -> None:

@@ -1,2 +1,1 @@
-"""Helpers shared by both stages and the commands: flags and configs, files, devices, training loop,
-distributed training, image grids, validation splits, optimizers. Nothing here is a command."""
+"""Helpers only the commands use: a finished run folder (`finished_run`), drawing samples (`drawing`), FID/KID."""
