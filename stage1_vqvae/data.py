@@ -92,8 +92,14 @@ def spread_over_classes(labels: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1], i.e. (x - 0.5) / 0.5 on the [0, 1] scale."""
+    """uint8 [0, 255] -> float [-1, 1], i.e. (x - 0.5) / 0.5 on the [0, 1] scale (the memory layout is kept)."""
     return images_u8.float().div_(127.5).sub_(1.0)
+
+
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) laid out as (B, H, W, C) in memory: channels-last convolutions (oneDNN on CPU, cuDNN's
+    tensor cores) need no layout reorders, 1.2x the stage-1 training step on a 2-core AVX512-BF16 CPU."""
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 def hflip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -114,11 +120,11 @@ def train_batches(images: torch.Tensor, batch_size: int, generator: torch.Genera
     flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(images.device)
     for start, stop in my_batches(n, batch_size, start_batch):
         picked = order[start:stop]
-        batch = to_model_range(images[picked])
+        batch = to_model_range(channels_last(images[picked]))
         yield hflip_where(batch, flips[picked]) if augment else batch
 
 
 def eval_batches(images: torch.Tensor, batch_size: int, device: torch.device):
     """Yield float batches in [-1, 1] in dataset order, no augmentation, moved to `device`."""
     for start in range(0, images.shape[0], batch_size):
-        yield to_model_range(images[start : start + batch_size].to(device, non_blocking=True))
+        yield to_model_range(channels_last(images[start : start + batch_size].to(device, non_blocking=True)))

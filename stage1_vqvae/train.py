@@ -129,7 +129,7 @@ def train(given: dict, fresh: bool) -> None:
     seed_everything(cfg.seed)
     images, note, preview = load_data(cfg, device)
     cfg = check_same_split(cfg, note)
-    model = VQVAE(cfg).to(device)
+    model = VQVAE(cfg).to(device, memory_format=torch.channels_last)  # as the batches (stage1_vqvae.data)
     total_steps = cfg.epochs * distributed.batch_count(images["train"].shape[0], cfg.batch_size)
     optimization = Optimization.build(model, cfg.optimizer_settings(), total_steps, device)
     progress = restore(state, model, optimization, out_dir)

@@ -10,6 +10,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class Dropout(nn.Module):
+    """Dropout; on CPU its mask takes 15 random bits per element from 64-bit draws.
+
+    On CPU torch's own dropout draws one 32-bit number per element (`bernoulli_`), which took a third
+    of the prior's training step; four elements per draw make the mask about 5x cheaper. The keep
+    probability is rounded to a multiple of 1/32768.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each
+        bits = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF  # uniform in [0, 32768)
+        scaled_keep = (bits < round((1 - self.p) * 32768)).to(x.dtype).mul_(1 / (1 - self.p))
+        return x * scaled_keep
+
+
 def gate(x: torch.Tensor) -> torch.Tensor:
     """tanh(a) * sigmoid(b) over the two halves of the channels."""
     a, b = x.chunk(2, dim=1)
@@ -20,7 +43,7 @@ class GatedLayer(nn.Module):
     def __init__(self, channels: int, kernel_size: int, first: bool, num_classes: int, dropout: float = 0.0,
                  conditioned: bool = False):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.first = first
         self.half = kernel_size // 2
         self.vertical = nn.Conv2d(channels, 2 * channels, (self.half + 1, kernel_size))

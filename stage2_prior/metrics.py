@@ -13,7 +13,7 @@ from foundation import distributed
 from foundation.levels import count, level_names, take
 from foundation.runtime import autocast
 
-EVAL_BATCH = 1024
+EVAL_BATCH = 128  # fp32 on a 2-core CPU: 723 maps/s, against 524 at 1024 (cache-sized batches)
 
 
 def labels_or_none(model, labels: torch.Tensor):

@@ -18,7 +18,7 @@ from foundation.training import Progress, optimize, prepare_run, set_rng_states,
 from stage1_vqvae.config import VQVAEConfig
 from tests.conftest import ROOT
 
-STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "512", "--shapes-test", "64",
+STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "4096", "--shapes-test", "64",
           "--codebook-size", "32", "--hidden-channels", "16", "--batch-size", "16", "--epochs", "3", "--device", "cpu"]
 STAGE2 = ["-m", "stage2_prior.train", "--hidden-channels", "16", "--layers", "2", "--batch-size", "32", "--weight-ema", "0.9",
           "--epochs", "3", "--device", "cpu"]

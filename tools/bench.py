@@ -2,10 +2,13 @@
 
     python -m tools.bench [--device auto] [--repeats 5] [--out bench.json]     (or: make bench)
 
-Measures, each as the median over repeats after warm-up: stage-1 training img/s (resident uint8 data,
+First the arithmetic limit (`tools.common.efficiency`): the fp32 and bf16 GEMM rates and each bare
+training step's FLOP rate as a fraction of them, medians over interleaved rounds. Then, each as the
+median over repeats after warm-up: stage-1 training img/s (resident uint8 data,
 flips and scaling on the device, the stage's precision), the same model fed by a torchvision
 DataLoader with per-image transforms in fp32 (the plain baseline) and the speed-up between them,
-encoding img/s, prior training maps/s, and sampling grids/s at batch 64, naive and cached; then
+encoding img/s, prior training maps/s (bare steps, and the training command itself with its
+evaluation and bookkeeping), and sampling grids/s at batch 64, naive and cached; then
 stage-1 training img/s at 64 and 128 px (two levels), and sampling grids/s of a bottom prior
 conditioned on a top map, naive and cached, for 16x16 and 32x32 bottom grids (batch 16).
 Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RSS on CPU.
@@ -13,7 +16,6 @@ Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RS
 
 import argparse
 import datetime
-import platform
 import resource
 import statistics
 import time
@@ -33,6 +35,7 @@ from stage1_vqvae.data import make_shapes, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
+from tools.common.efficiency import arithmetic_report, cpu_model, prior_command_rate
 
 BATCH = 128
 SAMPLE_BATCH = 64
@@ -44,6 +47,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per benchmark (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="interleaved rounds of the GEMM and training-step rates (default: %(default)s)")
     parser.add_argument("--images", type=int, default=4096, help="images in the synthetic dataset (default: %(default)s)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the training steps (default: on with CUDA)")
@@ -103,16 +108,21 @@ def endless(make_iterator):
         yield from make_iterator()
 
 
-def bench_stage1_resident(images_u8, device, args, compile_setting, **model_args) -> float:
+def stage1_training(images_u8, device, args, compile_setting, steps: int, **model_args):
+    """A function that trains `steps` stage-1 steps on resident images, as stage1_vqvae.train does."""
     cfg = VQVAEConfig(image_size=images_u8.shape[-1], **model_args)
-    model = VQVAE(cfg).to(device).train()
+    model = VQVAE(cfg).to(device, memory_format=torch.channels_last).train()
     maybe_compile([model.encoder, model.decoder], compile_setting, device)
     optimizer = Optimization.build(model, cfg.optimizer_settings(), 10**6, device)
     resident = images_u8.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     batches = endless(lambda: train_batches(resident, BATCH, generator))
+    return stage1_steps(model, optimizer, batches, device, args.precision, steps)
+
+
+def bench_stage1_resident(images_u8, device, args, compile_setting, **model_args) -> float:
     steps = max(1, images_u8.shape[0] // BATCH // 4)
-    work = stage1_steps(model, optimizer, batches, device, args.precision, steps)
+    work = stage1_training(images_u8, device, args, compile_setting, steps, **model_args)
     return median_rate(work, steps * BATCH, args.repeats, device, warmup=3 if compile_setting else 1)
 
 
@@ -164,12 +174,13 @@ def bench_encode(images_u8, device, args) -> float:
     return median_rate(work, resident.shape[0], args.repeats, device)
 
 
-def bench_prior_training(device, args, compile_setting) -> float:
+def prior_training(device, args, compile_setting, batches: int):
+    """A function that trains `batches` bare prior steps (default size, random 8x8 maps), as stage2_prior.train does."""
     cfg = PriorConfig()
-    model = GatedPixelCNN(cfg).to(device).train()
+    model = GatedPixelCNN(cfg).to(device, memory_format=torch.channels_last).train()
     maybe_compile([model], compile_setting, device)
     optimizer = Optimization.build(model, cfg.optimizer_settings(), 10**6, device)
-    codes = torch.randint(0, cfg.codebook_size, (BATCH * 8, cfg.grid_height, cfg.grid_width), device=device)
+    codes = torch.randint(0, cfg.codebook_size, (BATCH * batches, cfg.grid_height, cfg.grid_width), device=device)
     progress = Progress()
 
     def work():
@@ -178,7 +189,19 @@ def bench_prior_training(device, args, compile_setting) -> float:
                 _, loss = model(codes[start : start + BATCH])
             optimize(loss, model, optimizer, progress)
 
-    return median_rate(work, codes.shape[0], args.repeats, device, warmup=3 if compile_setting else 1)
+    return work
+
+
+def bench_prior_training(device, args, compile_setting) -> float:
+    work = prior_training(device, args, compile_setting, batches=8)
+    return median_rate(work, BATCH * 8, args.repeats, device, warmup=3 if compile_setting else 1)
+
+
+def arithmetic(images, device, args, compile_setting) -> dict:
+    """The GEMM rates and each bare training step's FLOP rate as a fraction of them (tools.common.efficiency)."""
+    steps = {"stage1_step": stage1_training(images, device, args, compile_setting, steps=1),
+             "prior_step": prior_training(device, args, compile_setting, batches=1)}
+    return arithmetic_report(steps, resolve_precision(device, args.precision), device, args.rounds)
 
 
 def bench_sampling(device, args, naive: bool) -> float:
@@ -203,7 +226,7 @@ def bench_conditioned_sampling(device, args, side: int, naive: bool) -> float:
 def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def run_benchmarks(device, args) -> dict:
@@ -214,6 +237,7 @@ def run_benchmarks(device, args) -> dict:
         ("baseline_train_img_per_s", lambda: bench_stage1_baseline(images, device, args)),
         ("encode_img_per_s", lambda: bench_encode(images, device, args)),
         ("prior_train_maps_per_s", lambda: bench_prior_training(device, args, compile_setting)),
+        ("prior_command_maps_per_s", lambda: prior_command_rate(device, args.precision)),
         ("sample_cached_grids_per_s", lambda: bench_sampling(device, args, naive=False)),
         ("sample_naive_grids_per_s", lambda: bench_sampling(device, args, naive=True)),
         ("stage1_train_img_per_s_64px", lambda: bench_stage1_size(64, device, args, compile_setting)),
@@ -223,12 +247,16 @@ def run_benchmarks(device, args) -> dict:
         plan += [(f"conditioned_{side}x{side}_{kind}_grids_per_s",
                   lambda side=side, naive=kind == "naive": bench_conditioned_sampling(device, args, side, naive))
                  for kind in ("cached", "naive")]
-    results, memory = {}, {}
+    results, memory = arithmetic(images, device, args, compile_setting), {}
+    for name in ("gemm_fp32", "gemm_bf16", "stage1_step", "prior_step"):
+        share = results.get(f"{name}_fraction_of_gemm")
+        print(f"  {name + '_gflops':28s} {results[name + '_gflops']:12.1f}" + (f"   ({share:.0%} of the GEMM rate)" if share else ""))
     for name, bench in plan:
         reset_peak(device)
         results[name] = bench()
         memory[name] = peak_memory_mb(device)
         print(f"  {name:28s} {results[name]:12.1f}   (peak memory {memory[name]:.0f} MiB)", flush=True)
+    results["prior_command_fraction_of_bare_step"] = results["prior_command_maps_per_s"] / results["prior_train_maps_per_s"]
     results["train_speedup_vs_baseline"] = results["stage1_train_img_per_s"] / results["baseline_train_img_per_s"]
     results["sampling_speedup_cached_vs_naive"] = results["sample_cached_grids_per_s"] / results["sample_naive_grids_per_s"]
     for side in (16, 32):
@@ -251,6 +279,9 @@ def main(argv=None):
     report = {"date": datetime.date.today().isoformat(), "device": device_name(device), "torch": torch.__version__,
               "precision": precision, "repeats": args.repeats, "command": "python -m tools.bench", **results}
     write_json(args.out, report)
+    print(f"training steps at {results['stage1_step_fraction_of_gemm']:.0%} (stage 1) and "
+          f"{results['prior_step_fraction_of_gemm']:.0%} (prior) of the {precision} GEMM rate; the stage-2 command at "
+          f"{results['prior_command_fraction_of_bare_step']:.0%} of the bare step's rate")
     print(f"stage-1 training: {results['train_speedup_vs_baseline']:.2f}x the DataLoader/fp32 baseline; "
           f"cached sampling: {results['sampling_speedup_cached_vs_naive']:.1f}x naive (batch {SAMPLE_BATCH}); "
           f"conditioned 16x16: {results['conditioned_16x16_speedup_cached_vs_naive']:.1f}x, "
