@@ -16,8 +16,6 @@ Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RS
 
 import argparse
 import datetime
-import resource
-import statistics
 import time
 
 import torch
@@ -35,7 +33,8 @@ from stage1_vqvae.data import make_shapes, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
-from tools.common.efficiency import arithmetic_report, cpu_model, prior_command_rate
+from tools.common.efficiency import (arithmetic_report, device_name, median_rate, peak_memory_mb, prior_command_rate,
+                                     reset_peak)
 
 BATCH = 128
 SAMPLE_BATCH = 64
@@ -54,39 +53,10 @@ def parse_args(argv):
                         help="torch.compile the training steps (default: on with CUDA)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="precision of the pipeline's own paths; the baseline is always fp32 (default: %(default)s)")
+    parser.add_argument("--limits-only", action="store_true",
+                        help="only the arithmetic-limit table and the prior's bare-step and command rates (about a minute)")
     parser.add_argument("--out", default="bench.json", help="where the results go (default: %(default)s)")
     return parser.parse_args(argv)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_rate(work, items: int, repeats: int, device, warmup: int = 1) -> float:
-    """Median of items/second over `repeats` timed calls of `work()`, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        work()
-    rates = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        work()
-        synchronize(device)
-        rates.append(items / (time.perf_counter() - start))
-    return statistics.median(rates)
-
-
-def peak_memory_mb(device) -> float:
-    """Peak memory since the last reset: CUDA allocator peak, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak(device):
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def stage1_steps(model, optimizer, batches, device, precision, steps: int):
@@ -223,30 +193,15 @@ def bench_conditioned_sampling(device, args, side: int, naive: bool) -> float:
                        CONDITIONED_BATCH, repeats, device, warmup=0 if naive and device.type != "cuda" else 1)
 
 
-def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
-
-
 def run_benchmarks(device, args) -> dict:
     compile_setting = args.compile if args.compile is not None else device.type == "cuda"
     images = make_shapes(args.images, seed=0).images
     plan = [
-        ("stage1_train_img_per_s", lambda: bench_stage1_resident(images, device, args, compile_setting)),
-        ("baseline_train_img_per_s", lambda: bench_stage1_baseline(images, device, args)),
-        ("encode_img_per_s", lambda: bench_encode(images, device, args)),
         ("prior_train_maps_per_s", lambda: bench_prior_training(device, args, compile_setting)),
         ("prior_command_maps_per_s", lambda: prior_command_rate(device, args.precision)),
-        ("sample_cached_grids_per_s", lambda: bench_sampling(device, args, naive=False)),
-        ("sample_naive_grids_per_s", lambda: bench_sampling(device, args, naive=True)),
-        ("stage1_train_img_per_s_64px", lambda: bench_stage1_size(64, device, args, compile_setting)),
-        ("stage1_train_img_per_s_128px", lambda: bench_stage1_size(128, device, args, compile_setting)),
     ]
-    for side in (16, 32):
-        plan += [(f"conditioned_{side}x{side}_{kind}_grids_per_s",
-                  lambda side=side, naive=kind == "naive": bench_conditioned_sampling(device, args, side, naive))
-                 for kind in ("cached", "naive")]
+    if not args.limits_only:
+        plan += full_plan(images, device, args, compile_setting)
     results, memory = arithmetic(images, device, args, compile_setting), {}
     for name in ("gemm_fp32", "gemm_bf16", "stage1_step", "prior_step"):
         share = results.get(f"{name}_fraction_of_gemm")
@@ -257,13 +212,38 @@ def run_benchmarks(device, args) -> dict:
         memory[name] = peak_memory_mb(device)
         print(f"  {name:28s} {results[name]:12.1f}   (peak memory {memory[name]:.0f} MiB)", flush=True)
     results["prior_command_fraction_of_bare_step"] = results["prior_command_maps_per_s"] / results["prior_train_maps_per_s"]
-    results["train_speedup_vs_baseline"] = results["stage1_train_img_per_s"] / results["baseline_train_img_per_s"]
-    results["sampling_speedup_cached_vs_naive"] = results["sample_cached_grids_per_s"] / results["sample_naive_grids_per_s"]
-    for side in (16, 32):
-        results[f"conditioned_{side}x{side}_speedup_cached_vs_naive"] = (
-            results[f"conditioned_{side}x{side}_cached_grids_per_s"] / results[f"conditioned_{side}x{side}_naive_grids_per_s"])
+    if not args.limits_only:
+        results.update(speedups(results))
     results["peak_memory_mib"] = memory
     return results
+
+
+def full_plan(images, device, args, compile_setting) -> list:
+    """(name, benchmark) of every other figure: stage-1 training and its baseline, encoding, sampling, 2 levels."""
+    plan = [
+        ("stage1_train_img_per_s", lambda: bench_stage1_resident(images, device, args, compile_setting)),
+        ("baseline_train_img_per_s", lambda: bench_stage1_baseline(images, device, args)),
+        ("encode_img_per_s", lambda: bench_encode(images, device, args)),
+        ("sample_cached_grids_per_s", lambda: bench_sampling(device, args, naive=False)),
+        ("sample_naive_grids_per_s", lambda: bench_sampling(device, args, naive=True)),
+        ("stage1_train_img_per_s_64px", lambda: bench_stage1_size(64, device, args, compile_setting)),
+        ("stage1_train_img_per_s_128px", lambda: bench_stage1_size(128, device, args, compile_setting)),
+    ]
+    for side in (16, 32):
+        plan += [(f"conditioned_{side}x{side}_{kind}_grids_per_s",
+                  lambda side=side, naive=kind == "naive": bench_conditioned_sampling(device, args, side, naive))
+                 for kind in ("cached", "naive")]
+    return plan
+
+
+def speedups(results: dict) -> dict:
+    """The ratios the full run reports: resident vs baseline training, cached vs naive sampling."""
+    ratios = {"train_speedup_vs_baseline": results["stage1_train_img_per_s"] / results["baseline_train_img_per_s"],
+              "sampling_speedup_cached_vs_naive": results["sample_cached_grids_per_s"] / results["sample_naive_grids_per_s"]}
+    for side in (16, 32):
+        ratios[f"conditioned_{side}x{side}_speedup_cached_vs_naive"] = (
+            results[f"conditioned_{side}x{side}_cached_grids_per_s"] / results[f"conditioned_{side}x{side}_naive_grids_per_s"])
+    return ratios
 
 
 @main_entry
@@ -282,6 +262,8 @@ def main(argv=None):
     print(f"training steps at {results['stage1_step_fraction_of_gemm']:.0%} (stage 1) and "
           f"{results['prior_step_fraction_of_gemm']:.0%} (prior) of the {precision} GEMM rate; the stage-2 command at "
           f"{results['prior_command_fraction_of_bare_step']:.0%} of the bare step's rate")
+    if args.limits_only:
+        return print(f"wrote {args.out}")
     print(f"stage-1 training: {results['train_speedup_vs_baseline']:.2f}x the DataLoader/fp32 baseline; "
           f"cached sampling: {results['sampling_speedup_cached_vs_naive']:.1f}x naive (batch {SAMPLE_BATCH}); "
           f"conditioned 16x16: {results['conditioned_16x16_speedup_cached_vs_naive']:.1f}x, "

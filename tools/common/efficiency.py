@@ -1,4 +1,5 @@
-"""How close the training steps come to the machine's arithmetic limit (`make bench`'s first table).
+"""How close the training steps come to the machine's arithmetic limit (`make bench`'s first table), and the
+timing helpers `make bench` uses (medians over repeats, peak memory, the device's name).
 
 Each round times a 2048 x 2048 matrix product in fp32 and in bf16, then a few bare training steps of
 each stage (forward, backward, Adam, the stage's precision, batch 128, channels-last as training runs
@@ -9,8 +10,9 @@ A step's FLOPs are counted once by `torch.utils.flop_counter` (convolutions and 
 """
 
 import contextlib
-import platform
 import io
+import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -66,6 +68,38 @@ def interleaved_rates(workloads: dict, rounds: int, device, calls: int = 3) -> d
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_rate(work, items: int, repeats: int, device, warmup: int = 1) -> float:
+    """Median of items/second over `repeats` timed calls of `work()`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        work()
+    rates = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        work()
+        synchronize(device)
+        rates.append(items / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory since the last reset: CUDA allocator peak, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def arithmetic_report(steps: dict, precision: str, device, rounds: int) -> dict:
