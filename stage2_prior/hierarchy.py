@@ -59,8 +59,10 @@ class HierarchicalPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-               generator: torch.Generator | None = None, naive: bool = False) -> tuple:
+               generator: torch.Generator | None = None, naive: bool = False, guidance=None) -> tuple:
         """Draw n (top, bottom) pairs: the top map first, then the bottom map given it."""
+        if guidance not in (None, 1, 1.0):
+            raise NotImplementedError("classifier-free guidance is not implemented yet")
         top = self.top.sample(n, labels, temperature, top_k, generator, naive)
         return top, self.bottom.sample(n, None, temperature, top_k, generator, naive, cond=top)
 

@@ -143,8 +143,10 @@ class GatedPixelCNN(nn.Module):
         return self.log_prob(codes, labels)[:, None]
 
     def sample_levels(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-                      generator: torch.Generator | None = None, naive: bool = False) -> tuple:
+                      generator: torch.Generator | None = None, naive: bool = False, guidance=None) -> tuple:
         """`sample` as a 1-tuple of levels."""
+        if guidance not in (None, 1, 1.0):
+            raise NotImplementedError("classifier-free guidance is not implemented yet")
         return (self.sample(n, labels, temperature, top_k, generator, naive),)
 
     def complete_levels(self, levels: tuple, keep_rows: int, labels=None, temperature: float = 1.0,

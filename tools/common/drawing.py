@@ -23,12 +23,15 @@ def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | No
 
 
 def draw_samples(prior, labels, n: int, batch_size: int, seed: int, device, temperature: float = 1.0,
-                 top_k: int | None = None) -> tuple:
-    """`n` code maps (a tuple of levels, top first) drawn `batch_size` at a time from one generator seeded with `seed`."""
+                 top_k: int | None = None, guidance: float | None = None) -> tuple:
+    """`n` code maps (a tuple of levels, top first) drawn `batch_size` at a time from one generator seeded with `seed`.
+
+    `guidance` is the classifier-free guidance scale (None: the prior's default; see `GatedPixelCNN.sample`).
+    """
     generator = torch.Generator(device=device).manual_seed(seed)
     chunks = []
     for start in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", disable=progress_disabled()):
         count = min(batch_size, n - start)
         chunk_labels = None if labels is None else labels[start : start + count]
-        chunks.append(prior.sample_levels(count, chunk_labels, temperature, top_k, generator))
+        chunks.append(prior.sample_levels(count, chunk_labels, temperature, top_k, generator, guidance=guidance))
     return concatenate(chunks)
