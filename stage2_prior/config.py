@@ -1,6 +1,7 @@
 """Stage-2 configuration: one dataclass, turned into flags by `foundation.cli` and saved in every checkpoint.
 
-Fields marked `cli=False` are not flags: they are read from the encoded dataset's meta.json.
+Fields marked `cli=False` are not flags: they are read from the encoded dataset's meta.json (`guidance`,
+the default sampling scale, is set once measured on validation).
 `--size` picks the capacity by name; `--hidden-channels` and `--layers` override its numbers.
 """
 
@@ -17,6 +18,8 @@ SIZES = {"small": (64, 7), "base": (128, 8), "large": (192, 12)}
 
 @dataclass
 class PriorConfig(TrainingFlags):
+    ADDED_LATER = {"label_dropout": 0.0, "guidance": 1.0}  # what checkpoints saved before these fields had
+
     codes_dir: str = opt("runs/codes", "folder written by stage1_vqvae.encode (train.npy, test.npy, meta.json)")
     out_dir: str = opt("runs/prior", "where checkpoints and logs go")
     val_size: float = opt(0.1, "for code folders without val.npy (older runs): train maps held out for "
@@ -30,6 +33,9 @@ class PriorConfig(TrainingFlags):
     kernel_size: int = opt(3, "odd kernel width of the masked convolutions")
     dropout: float = opt(0.3, "dropout on the gated outputs of every layer while training")
     class_conditional: bool = opt(False, "condition every gate on the class label")
+    label_dropout: float = opt(0.1, "class-conditional priors: fraction of training maps shown a learned 'no class' "
+                                    "label instead of theirs, so that sampling can use classifier-free guidance "
+                                    "(0: no guidance)")
     # training
     epochs: int = opt(15, "training epochs (over mirrored train maps: as many steps as 30 without)")
     batch_size: int = opt(128, "code maps per step")
@@ -51,10 +57,13 @@ class PriorConfig(TrainingFlags):
     condition_codebook_size: int = derived(0)  # >0: conditioned on a map of codes with this codebook (the top's)
     stage1_checkpoint: str = derived("")
     stage1_sha256: str = derived("")
+    guidance: float = derived(1.0)  # the classifier-free guidance scale sampling uses by default (1: none)
 
     def __post_init__(self):
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:  # the causal padding needs a centre column
             raise UserError(f"--kernel-size must be odd (1, 3, 5, ...), got {self.kernel_size}")
+        if not 0 <= self.label_dropout < 1:
+            raise UserError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
         channels, layers = SIZES[self.size]
         self.hidden_channels = channels if self.hidden_channels is None else self.hidden_channels
         self.layers = layers if self.layers is None else self.layers

@@ -53,6 +53,10 @@ class HierarchicalPrior(nn.Module):
         top, bottom = top.long(), bottom.long()
         return torch.stack([self.top.log_prob(top, labels), self.bottom.log_prob(bottom, cond=top)], dim=1)
 
+    def guidance_scale(self, guidance=None) -> float:
+        """The top prior's classifier-free guidance scale (`GatedPixelCNN.guidance_scale`)."""
+        return self.top.guidance_scale(guidance)
+
     def log_prob(self, codes, labels=None) -> torch.Tensor:
         """Log-likelihood of each (top, bottom) pair, in nats summed over the levels: (B,)."""
         return self.level_log_probs(*self._split(codes), labels=labels).sum(dim=1)
@@ -60,19 +64,22 @@ class HierarchicalPrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
                generator: torch.Generator | None = None, naive: bool = False, guidance=None) -> tuple:
-        """Draw n (top, bottom) pairs: the top map first, then the bottom map given it."""
-        if guidance not in (None, 1, 1.0):
-            raise NotImplementedError("classifier-free guidance is not implemented yet")
-        top = self.top.sample(n, labels, temperature, top_k, generator, naive)
+        """Draw n (top, bottom) pairs: the top map first, then the bottom map given it.
+
+        `guidance` applies to the top prior, the class-conditional one (`GatedPixelCNN.sample`).
+        """
+        top = self.top.sample(n, labels, temperature, top_k, generator, naive, guidance=guidance)
         return top, self.bottom.sample(n, None, temperature, top_k, generator, naive, cond=top)
 
     @torch.no_grad()
     def complete(self, codes, keep_rows: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, naive: bool = False) -> tuple:
+                 generator: torch.Generator | None = None, naive: bool = False, guidance=None) -> tuple:
         """Keep the whole top map and the first `keep_rows` rows of the bottom map; draw the rest of the bottom.
 
-        `labels` are accepted for the same call as a one-level prior; they only condition the top map, which is kept.
+        `labels` and `guidance` are accepted (and checked) for the same call as a one-level prior; they only
+        condition the top map, which is kept.
         """
+        self.guidance_scale(guidance)
         top, bottom = self._split(codes)
         return top, self.bottom.complete(bottom, keep_rows, None, temperature, top_k, generator, naive, cond=top)
 

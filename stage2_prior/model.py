@@ -16,6 +16,9 @@ stacks while training; it is elementwise, so it cannot break the invariant.
 A prior can be conditioned on a class label and, as the bottom prior of a two-level model is, on a
 whole map of codes (`cond`, the top level): both enter every gate as biases (`stage2_prior.layers`),
 so the bottom prior sees every top code and only the earlier bottom codes.
+With `label_dropout` > 0 a class-conditional prior is also trained, that often, on a "no class" label
+(one more row of each class embedding, index num_classes), so it can sample with classifier-free
+guidance (`stage2_prior.sampling`).
 
 No I/O here: tensors in, tensors and losses out.
 """
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 
 from stage2_prior.config import PriorConfig
 from stage2_prior.layers import GatedLayer, MapConditioner, draw
-from stage2_prior.sampling import sample_cached
+from stage2_prior.sampling import doubled, guide, sample_cached
 
 
 class Reach(NamedTuple):
@@ -71,10 +74,12 @@ class GatedPixelCNN(nn.Module):
         self.cfg = cfg
         c = cfg.hidden_channels
         num_classes = cfg.num_classes if cfg.class_conditional else 0
+        # Only guided priors get the null row, so older checkpoints load strictly.
+        self.null_class = num_classes if num_classes and cfg.label_dropout > 0 else None
         self.embedding = nn.Embedding(cfg.codebook_size, c)
         conditioned = cfg.condition_codebook_size > 0
         self.layers = nn.ModuleList(
-            GatedLayer(c, cfg.kernel_size, first=i == 0, num_classes=num_classes, dropout=cfg.dropout,
+            GatedLayer(c, cfg.kernel_size, first=i == 0, num_classes=num_classes + (self.null_class is not None), dropout=cfg.dropout,
                        conditioned=conditioned)
             for i in range(cfg.layers)
         )
@@ -109,18 +114,43 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"this prior is conditioned on a map of codes: pass cond as a ({batch}, H, W) long tensor")
         return self.conditioner(cond.long())
 
-    def layer_biases(self, labels, cond, batch: int, device) -> list:
-        """What each layer adds inside its gates, from the class labels and the conditioning map."""
+    def _drop_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """While training with label dropout, each label becomes the null class with probability label_dropout."""
+        if labels is None or self.null_class is None or not self.training:
+            return labels
+        dropped = torch.rand(labels.shape, device=labels.device) < self.cfg.label_dropout  # global RNG: resumable
+        return labels.masked_fill(dropped, self.null_class)
+
+    def layer_biases(self, labels, cond, batch: int, device, guided: bool = False) -> list:
+        """What each layer adds inside its gates, from the class labels and the conditioning map.
+
+        `guided`: for 2 * batch rows, the given labels then as many null labels (the unconditional half).
+        """
         labels = self._check_labels(labels, batch, device)
         features = self.condition_features(cond, batch)
+        if guided:
+            labels = torch.cat([labels, torch.full_like(labels, self.null_class)])
+            features = None if features is None else torch.cat([features, features])
+        labels = self._drop_labels(labels)  # once: every layer sees the same label
         return [layer.bias(labels, features) for layer in self.layers]
+
+    def guidance_scale(self, guidance=None) -> float:
+        """The classifier-free guidance scale to sample with: `guidance`, or None for the config's default."""
+        if guidance is not None and self.null_class is None:
+            why = "was trained without label dropout" if self.cfg.class_conditional else "is not class-conditional"
+            raise ValueError(f"guidance needs a class-conditional prior trained with label dropout; this one {why}")
+        return float(self.cfg.guidance if guidance is None else guidance)
+
+    def _run_layers(self, x: torch.Tensor, biases: list) -> torch.Tensor:
+        """Embedded codes (B, C, H, W) and each layer's gate bias -> logits (B, K, H, W)."""
+        v = h = x
+        for layer, bias in zip(self.layers, biases):
+            v, h = layer(v, h, bias)
+        return self.head(h)
 
     def _logits_from_embedded(self, x: torch.Tensor, labels=None, cond=None) -> torch.Tensor:
         """Embedded codes (B, C, H, W) -> logits (B, K, H, W) (the causality tests take gradients here)."""
-        v = h = x
-        for layer, bias in zip(self.layers, self.layer_biases(labels, cond, x.shape[0], x.device)):
-            v, h = layer(v, h, bias)
-        return self.head(h)
+        return self._run_layers(x, self.layer_biases(labels, cond, x.shape[0], x.device))
 
     def logits(self, codes: torch.Tensor, labels=None, cond=None) -> torch.Tensor:
         """Codes (B, H, W) long -> logits (B, K, H, W)."""
@@ -145,31 +175,33 @@ class GatedPixelCNN(nn.Module):
     def sample_levels(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
                       generator: torch.Generator | None = None, naive: bool = False, guidance=None) -> tuple:
         """`sample` as a 1-tuple of levels."""
-        if guidance not in (None, 1, 1.0):
-            raise NotImplementedError("classifier-free guidance is not implemented yet")
-        return (self.sample(n, labels, temperature, top_k, generator, naive),)
+        return (self.sample(n, labels, temperature, top_k, generator, naive, guidance=guidance),)
 
     def complete_levels(self, levels: tuple, keep_rows: int, labels=None, temperature: float = 1.0,
-                        top_k: int | None = None, generator: torch.Generator | None = None, naive: bool = False) -> tuple:
+                        top_k: int | None = None, generator: torch.Generator | None = None, naive: bool = False,
+                        guidance=None) -> tuple:
         """`complete` of a 1-tuple of levels, as a 1-tuple."""
         (codes,) = levels
-        return (self.complete(codes, keep_rows, labels, temperature, top_k, generator, naive),)
+        return (self.complete(codes, keep_rows, labels, temperature, top_k, generator, naive, guidance=guidance),)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-               generator: torch.Generator | None = None, naive: bool = False, cond=None) -> torch.Tensor:
+               generator: torch.Generator | None = None, naive: bool = False, cond=None, guidance=None) -> torch.Tensor:
         """Draw `n` code maps (n, H, W) in raster order.
 
         By default only what a new code can change is recomputed (`stage2_prior.sampling`); `naive=True`
         runs one full forward pass per position instead (the reference the fast path is tested against).
         Dropout is off while sampling, whatever mode the model is in.
+        `guidance` s (None: `cfg.guidance`) draws from uncond + s * (cond - uncond) logits, then applies
+        temperature and top-k; s = 1 is plain conditional sampling, s = 0 unconditional. Any other value
+        than None needs a prior trained with label dropout (ValueError otherwise).
         """
-        return self._draw(n, None, 0, labels, temperature, top_k, generator, naive, cond)
+        return self._draw(n, None, 0, labels, temperature, top_k, generator, naive, cond, guidance)
 
     @torch.no_grad()
     def complete(self, codes: torch.Tensor, keep_rows: int, labels=None, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None, naive: bool = False,
-                 cond=None) -> torch.Tensor:
+                 cond=None, guidance=None) -> torch.Tensor:
         """Keep the first `keep_rows` rows of each map `codes` (n, H, W) and draw the rest in raster order.
 
         The draws are those `sample` would make at the same positions given the same rows (cached or naive alike).
@@ -178,27 +210,29 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"codes must be (n, {self.cfg.grid_height}, {self.cfg.grid_width}), got {tuple(codes.shape)}")
         if not 0 <= keep_rows <= self.cfg.grid_height:
             raise ValueError(f"keep_rows must be in [0, {self.cfg.grid_height}], got {keep_rows}")
-        return self._draw(codes.shape[0], codes.long(), keep_rows, labels, temperature, top_k, generator, naive, cond)
+        return self._draw(codes.shape[0], codes.long(), keep_rows, labels, temperature, top_k, generator, naive, cond,
+                          guidance)
 
-    def _draw(self, n, given, keep_rows, labels, temperature, top_k, generator, naive, cond) -> torch.Tensor:
+    def _draw(self, n, given, keep_rows, labels, temperature, top_k, generator, naive, cond, guidance) -> torch.Tensor:
+        scale = self.guidance_scale(guidance)
         was_training = self.training
         self.eval()
         try:
-            device = self.embedding.weight.device
+            biases = self.layer_biases(labels, cond, n, self.embedding.weight.device, guided=scale != 1)
             if not naive:
-                biases = self.layer_biases(labels, cond, n, device)
-                return sample_cached(self, n, biases, temperature, top_k, generator, given, keep_rows)
-            return self._draw_naive(n, given, keep_rows, labels, temperature, top_k, generator, cond)
+                return sample_cached(self, n, biases, temperature, top_k, generator, given, keep_rows, scale)
+            return self._draw_naive(n, given, keep_rows, biases, scale, temperature, top_k, generator)
         finally:
             self.train(was_training)
 
-    def _draw_naive(self, n, given, keep_rows, labels, temperature, top_k, generator, cond) -> torch.Tensor:
+    def _draw_naive(self, n, given, keep_rows, biases, scale, temperature, top_k, generator) -> torch.Tensor:
         codes = torch.zeros(n, self.cfg.grid_height, self.cfg.grid_width, dtype=torch.long,
                             device=self.embedding.weight.device)
         if given is not None:
             codes[:, :keep_rows] = given[:, :keep_rows]
         for i in range(keep_rows, self.cfg.grid_height):
             for j in range(self.cfg.grid_width):
-                logits = self.logits(codes, labels, cond)
-                codes[:, i, j] = draw(logits[:, :, i, j], temperature, top_k, generator)
+                embedded = self.embedding(doubled(codes, scale)).permute(0, 3, 1, 2)
+                logits = guide(self._run_layers(embedded, biases)[:, :, i, j], scale)
+                codes[:, i, j] = draw(logits, temperature, top_k, generator)
         return codes

@@ -10,6 +10,10 @@ that falls within about 1e-6 of a probability boundary; the tests compare in flo
 
 Completion starts from a partly filled map: the kept rows are never drawn, they only pass through the
 vertical stack (the horizontal stack of a row feeds nothing below it), and drawing begins after them.
+
+Classifier-free guidance (Ho & Salimans, arXiv:2207.12598) runs 2n rows in one batch, the n given
+labels then n null labels, and draws each code from uncond + s * (cond - uncond) (`guide`); the drawn
+code is written to both halves. Scale 1 is plain conditional sampling and runs n rows only.
 """
 
 import torch
@@ -58,6 +62,19 @@ class _LayerCache:
         self.horizontal_in.zero_()
 
 
+def doubled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x` (n, ...) as the rows of a guided batch (2n, ...): twice over, unless the scale is 1 (no guidance)."""
+    return x if scale == 1 else torch.cat([x, x])
+
+
+def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Guided logits (n, K) of a batch of conditional then unconditional rows (2n, K): uncond + s * (cond - uncond)."""
+    if scale == 1:
+        return logits
+    cond, uncond = logits.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
 def _linear_1x1(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution applied to (n, C_in) features at one position."""
     return F.linear(x, conv.weight.flatten(1), conv.bias)
@@ -65,10 +82,11 @@ def _linear_1x1(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_cached(model, n: int, biases: list, temperature: float, top_k, generator, given=None,
-                  keep_rows: int = 0) -> torch.Tensor:
+                  keep_rows: int = 0, scale: float = 1.0) -> torch.Tensor:
     """Draw n code maps (n, H, W) from a GatedPixelCNN given each layer's gate bias (`model.layer_biases`).
 
     With `given` (n, H, W), its first `keep_rows` rows are kept and only the rest is drawn (completion).
+    With a guidance `scale` other than 1 the biases are those of 2n rows, conditional then unconditional.
     Same draws as `model.sample(..., naive=True)` (or `model.complete(..., naive=True)`) for the same generator.
     """
     cfg = model.cfg
@@ -77,19 +95,21 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
     codes = torch.zeros(n, height, width, dtype=torch.long, device=weight.device)
     if given is not None:
         codes[:, :keep_rows] = given[:, :keep_rows]
-    caches = [_LayerCache(layer, n, channels, height, width, weight) for layer in model.layers]
-    # Every bias as (n, 2C, H, W): class biases and zeros are expanded views (adding exact zeros changes nothing).
+    rows = n if scale == 1 else 2 * n
+    caches = [_LayerCache(layer, rows, channels, height, width, weight) for layer in model.layers]
+    # Every bias as (rows, 2C, H, W): class biases and zeros are expanded views (adding exact zeros changes nothing).
     biases = [weight.new_zeros(1, 2 * channels, 1, 1) if b is None else b for b in biases]
-    biases = [b.expand(n, 2 * channels, height, width) for b in biases]
+    biases = [b.expand(rows, 2 * channels, height, width) for b in biases]
     for i in range(height):
         to_horizontal = _vertical_pass(caches, biases, i)
         if i < keep_rows:  # a kept row feeds the rows below through the vertical stack only
-            caches[0].write_vertical_input(i, F.embedding(codes[:, i], weight).transpose(1, 2))  # (n, C, W)
+            row = doubled(F.embedding(codes[:, i], weight), scale).transpose(1, 2)  # (rows, C, W)
+            caches[0].write_vertical_input(i, row)
             continue
         for j in range(width):
-            logits = _horizontal_logits(model, caches, to_horizontal, biases, i, j)  # (n, K)
+            logits = guide(_horizontal_logits(model, caches, to_horizontal, biases, i, j), scale)  # (n, K)
             codes[:, i, j] = draw(logits, temperature, top_k, generator)
-            embedded = F.embedding(codes[:, i, j], weight)  # (n, C)
+            embedded = doubled(F.embedding(codes[:, i, j], weight), scale)  # (rows, C)
             caches[0].write_horizontal_input(j, embedded)
             caches[0].write_vertical_position(i, j, embedded)
     return codes

@@ -6,8 +6,9 @@ The classic PixelCNN demonstration. Test images (one of each class in turn) are 
 --keep-rows rows of each code map are kept (default: half) and the prior draws the other rows
 --n-completions times with the cached sampler (the same draws as the naive one); the maps are decoded.
 With two levels the whole top map is kept and the rows refer to the bottom map. A class-conditional
-prior is given each image's own class. Writes to OUT_DIR (default RUN_DIR/complete): completions.png
-(per image a row: the original, the kept part with the rest greyed out, then the completions) and
+prior is given each image's own class (and with --guidance S, classifier-free guidance). Writes to
+OUT_DIR (default RUN_DIR/complete): completions.png (per image a row: the original, the kept part
+with the rest greyed out, then the completions) and
 completions.npy ((images, completions, H, W) drawn code maps, the bottom level's with two levels;
 completions_top.npy then holds the kept top maps).
 """
@@ -22,6 +23,7 @@ from foundation.images import save_grid
 from foundation.levels import top_first
 from foundation.runtime import cpu_threads, pick_device
 from stage1_vqvae.data import pick_per_class, to_model_range
+from tools.common.drawing import add_guidance_flag, check_guidance
 from tools.common.finished_run import load_finished_run, load_test_images, run_parser
 
 
@@ -33,6 +35,7 @@ def parse_args(argv):
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=None, help="draw only among the k most likely codes")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same completions (default: %(default)s)")
+    add_guidance_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -55,11 +58,12 @@ def repeat_maps(codes: tuple, times: int) -> tuple:
 
 @torch.no_grad()
 def complete(prior, codes: tuple, keep_rows: int, labels, n_completions: int, seed: int, device,
-             temperature: float = 1.0, top_k: int | None = None) -> tuple:
+             temperature: float = 1.0, top_k: int | None = None, guidance: float | None = None) -> tuple:
     """`n_completions` completions of every map: the kept rows (and a top level) as given, the rest drawn."""
     generator = torch.Generator(device=device).manual_seed(seed)
     labels = None if labels is None else labels.repeat_interleave(n_completions)
-    return prior.complete_levels(repeat_maps(codes, n_completions), keep_rows, labels, temperature, top_k, generator)
+    return prior.complete_levels(repeat_maps(codes, n_completions), keep_rows, labels, temperature, top_k, generator,
+                                 guidance=guidance)
 
 
 def grey_out(images: torch.Tensor, keep_rows: int, grid_height: int) -> torch.Tensor:
@@ -101,13 +105,14 @@ def run_completion(args) -> None:
     run = load_finished_run(args.run_dir, device)
     grid_height = run.prior.cfg.grid_height
     keep = check_args(args, grid_height)
+    check_guidance(run.prior, args.guidance)
     test = load_test_images(run, args.dataset, args.data_dir)
     chosen = pick_per_class(test.labels, args.n_images)[: args.n_images]
     x = to_model_range(test.images[chosen].to(device))
     labels = test.labels[chosen].to(device) if run.prior.cfg.class_conditional else None
     codes = run.vqvae.encode_levels(x)
     completed = complete(run.prior, codes, keep, labels, args.n_completions, args.seed, device, args.temperature,
-                         args.top_k)
+                         args.top_k, args.guidance)
     out_dir = Path(args.out_dir or run.run_dir / "complete")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)

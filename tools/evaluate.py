@@ -32,7 +32,7 @@ from stage1_vqvae.likelihood import models_likelihood
 from stage1_vqvae.metrics import eval_batch_size, evaluate
 from stage2_prior.data import level_specs, load_codes
 from stage2_prior.metrics import split_bits
-from tools.common.drawing import choose_labels, draw_samples
+from tools.common.drawing import add_guidance_flag, choose_labels, draw_samples
 from tools.common.finished_run import load_finished_run, load_test_images, run_parser, to_uint8
 from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_features
 
@@ -53,6 +53,7 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=256, help="code maps sampled at once (default: %(default)s)")
     parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
                         help="fp32 keeps the likelihoods exact (default: %(default)s)")
+    add_guidance_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -96,9 +97,9 @@ def decode_uint8(vqvae, codes, device) -> torch.Tensor:
     return torch.cat([to_uint8(vqvae.decode_indices(take(codes, slice(s, s + batch)))).cpu() for s in range(0, n, batch)])
 
 
-def draw(run, n: int, labels, seed: int, batch_size: int, device):
+def draw(run, n: int, labels, seed: int, batch_size: int, device, guidance: float | None = None):
     """n samples (codes, uint8 images), drawn batch by batch from one seeded generator (as tools.sample does)."""
-    codes = draw_samples(run.prior, labels, n, batch_size, seed, device)
+    codes = draw_samples(run.prior, labels, n, batch_size, seed, device, guidance=guidance)
     return codes, decode_uint8(run.vqvae, codes, device)
 
 
@@ -120,7 +121,7 @@ def class_rows(run, args, device):
     """One labelled row of samples per class, as a picture."""
     names = run.class_names()
     labels = torch.arange(len(names), device=device).repeat_interleave(PER_CLASS_ROW)
-    _, images = draw(run, labels.shape[0], labels, args.seed, args.batch_size, device)
+    _, images = draw(run, labels.shape[0], labels, args.seed, args.batch_size, device, args.guidance)
     rows = [to_model_range(images[c * PER_CLASS_ROW : (c + 1) * PER_CLASS_ROW]) for c in range(len(names))]
     return labelled_rows(rows, names)
 
@@ -144,7 +145,8 @@ def sample_figures(run, test_images: torch.Tensor, args, device) -> tuple:
     """({fid, kid, kid_std, n_samples}, {key: why it is null}, the sample images (uint8))."""
     extract, why = inception_or_reason(args, device)
     n = args.n_samples if extract else PICTURE_SAMPLES
-    _, images = draw(run, n, choose_labels(run.prior, None, n, device), args.seed, args.batch_size, device)
+    _, images = draw(run, n, choose_labels(run.prior, None, n, device), args.seed, args.batch_size, device,
+                     args.guidance)
     if extract is None:
         return {"fid": None, "kid": None, "n_samples": 0}, {"fid": why, "kid": why}, images
     return {**fid_and_kid(extract, in_batches(test_images), in_batches(images)), "n_samples": n}, {}, images

@@ -5,7 +5,8 @@
 Writes OUT_DIR/samples.npy (the code maps), samples.png (the decoded grid) and, for a class-conditional
 prior, samples_labels.npy. A two-level prior draws the top map first, then the bottom map given it, and
 writes samples_top.npy and samples_bottom.npy instead of samples.npy. The same seed gives the same
-samples. Runs on the GPU when there is one.
+samples. --guidance S samples a class-conditional prior with classifier-free guidance. Runs on the GPU
+when there is one.
 """
 
 import argparse
@@ -22,7 +23,7 @@ from foundation.levels import level_names, name_suffix, take, top_first
 from foundation.runtime import pick_device
 from stage1_vqvae.checkpoint import load_vqvae
 from stage2_prior.checkpoint import load_prior
-from tools.common.drawing import choose_labels, draw_samples
+from tools.common.drawing import add_guidance_flag, choose_labels, draw_samples
 
 
 def parse_args(argv):
@@ -35,6 +36,7 @@ def parse_args(argv):
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely codes")
     parser.add_argument("--class", dest="label", type=int, default=None,
                         help="class to draw (class-conditional priors; default: every class in turn)")
+    add_guidance_flag(parser)
     parser.add_argument("--seed", type=int, default=0, help="same seed, same samples (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="samples drawn at once (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default: %(default)s)")
@@ -80,7 +82,8 @@ def main(argv=None):
     prior = load_prior(args.prior, device)
     vqvae = load_vqvae(resolve_vqvae(args, prior), device)
     labels = choose_labels(prior, args.label, args.n, device)
-    codes = draw_samples(prior, labels, args.n, args.batch_size, args.seed, device, args.temperature, args.top_k)
+    codes = draw_samples(prior, labels, args.n, args.batch_size, args.seed, device, args.temperature, args.top_k,
+                         args.guidance)
     images = torch.cat([vqvae.decode_indices(take(codes, slice(s, s + 256))) for s in range(0, args.n, 256)])
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,8 @@ def main(argv=None):
     if labels is not None:
         save_array(out_dir / "samples_labels.npy", labels.cpu().numpy().astype(np.int64))
     save_grid(images, out_dir / "samples.png", nrow=max(1, math.ceil(math.sqrt(args.n))))
-    print(f"{args.n} samples (temperature {args.temperature}, top-k {args.top_k}, seed {args.seed}) on {device} "
+    print(f"{args.n} samples (temperature {args.temperature}, top-k {args.top_k}, guidance "
+          f"{prior.guidance_scale(args.guidance)}, seed {args.seed}) on {device} "
           f"-> {out_dir}/samples.png, " + ", ".join(str(p) for p in paths))
 
 

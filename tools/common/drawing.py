@@ -22,12 +22,31 @@ def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | No
     return torch.full((n,), label, device=device, dtype=torch.long)
 
 
+GUIDANCE_HELP = ("classifier-free guidance scale for a class-conditional prior trained with label dropout: "
+                 "logits uncond + S * (cond - uncond); 1 = plain conditional, 0 = unconditional "
+                 "(default: the prior's own, 1 until chosen on validation)")
+
+
+def add_guidance_flag(parser) -> None:
+    """--guidance S, the same on every command that draws codes."""
+    parser.add_argument("--guidance", type=float, default=None, metavar="S", help=GUIDANCE_HELP)
+
+
+def check_guidance(prior, guidance: float | None) -> None:
+    """UserError when --guidance was given for a prior that cannot be guided."""
+    try:
+        prior.guidance_scale(guidance)
+    except ValueError as err:
+        raise UserError(f"--guidance: {err}") from None
+
+
 def draw_samples(prior, labels, n: int, batch_size: int, seed: int, device, temperature: float = 1.0,
                  top_k: int | None = None, guidance: float | None = None) -> tuple:
     """`n` code maps (a tuple of levels, top first) drawn `batch_size` at a time from one generator seeded with `seed`.
 
     `guidance` is the classifier-free guidance scale (None: the prior's default; see `GatedPixelCNN.sample`).
     """
+    check_guidance(prior, guidance)
     generator = torch.Generator(device=device).manual_seed(seed)
     chunks = []
     for start in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", disable=progress_disabled()):
