@@ -78,11 +78,22 @@ def load_finished_run(run_dir, device) -> FinishedRun:
     return FinishedRun(run_dir, load_vqvae(vqvae_path, device), prior, meta)
 
 
+def data_source(run: FinishedRun, dataset: str | None = None, data_dir: str | None = None) -> tuple:
+    """(dataset, data dir): the ones given, else those the codes were encoded from (meta.json)."""
+    cfg = run.vqvae.cfg
+    return dataset or run.meta.get("dataset", cfg.dataset), data_dir or run.meta.get("data_dir", cfg.data_dir)
+
+
+def load_images(run: FinishedRun, split: str, dataset: str | None = None, data_dir: str | None = None) -> ImageSet:
+    """A split ('train', 'test') of the data the codes were encoded from (unless given), at the model's size."""
+    cfg = run.vqvae.cfg
+    return load_split(*data_source(run, dataset, data_dir), split, (cfg.shapes_train, cfg.shapes_test), cfg.val_size,
+                      cfg.image_size)
+
+
 def load_test_images(run: FinishedRun, dataset: str | None = None, data_dir: str | None = None) -> ImageSet:
     """The test split the codes were encoded from (meta.json's dataset unless given), at the model's size."""
-    cfg = run.vqvae.cfg
-    dataset, data_dir = dataset or run.meta.get("dataset", cfg.dataset), data_dir or run.meta.get("data_dir", cfg.data_dir)
-    return load_split(dataset, data_dir, "test", (cfg.shapes_train, cfg.shapes_test), cfg.val_size, cfg.image_size)
+    return load_images(run, "test", dataset, data_dir)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
