@@ -17,12 +17,13 @@ from stage2_prior.hierarchy import build_prior
 from stage2_prior.metrics import split_bits
 from tests.conftest import tiny_prior_config
 from tests.test_end_to_end import make
+from tests.test_sample_judge import tiny_classifier  # noqa: F401 (autouse)
 from tests.tiny_run import make_tiny_run, one_thread  # noqa: F401 (autouse)
 from tools import complete, evaluate
 from tools.common.finished_run import FinishedRun
 
 CPU = torch.device("cpu")
-KEYS = {"psnr", "mse", "codes_used", "perplexity", "bits_per_code", "bits_per_dim", "fid", "kid"}
+KEYS = {"psnr", "mse", "codes_used", "perplexity", "bits_per_code", "bits_per_dim", "fid", "kid", *evaluate.JUDGE_KEYS}
 
 
 def known_decoder(levels: int) -> VQVAE:
@@ -90,7 +91,7 @@ def test_evaluate_writes_every_figure_and_picture(tmp_path, monkeypatch, capsys)
     without_fidelity(monkeypatch)
     small_pictures(monkeypatch)
     run = make_tiny_run(tmp_path / "run", recon_loss="categorical", class_conditional=True)
-    evaluate.main(["--run-dir", str(run), "--n-samples", "20", "--device", "cpu"])
+    evaluate.main(["--run-dir", str(run), "--n-samples", "20", "--judge-samples", "6", "--device", "cpu"])
     out = capsys.readouterr().out
     assert len([line for line in out.splitlines() if line.startswith("FID/KID skipped")]) == 1
     assert "pip install -e '.[metrics]'" in out and "bits per dimension" in out
@@ -99,6 +100,7 @@ def test_evaluate_writes_every_figure_and_picture(tmp_path, monkeypatch, capsys)
     assert "torch-fidelity" in results["unavailable"]["fid"] and "bits_per_dim" not in results["unavailable"]
     assert 0 < results["bits_per_code"] < 10 and 0 <= results["mse"] <= 1
     assert 0 < results["decoder_bits_per_dim"] < results["bits_per_dim"]
+    assert 0 <= results["gan_test_accuracy"] <= 1 and 0 <= results["gan_train_accuracy"] <= 1
     for picture in ["recon.png", "samples.png"]:
         assert (run / "eval" / picture).stat().st_size > 0
     check_class_grid(run)
@@ -118,7 +120,7 @@ def check_class_grid(run):
 def test_evaluate_with_an_l1_decoder_says_what_is_unavailable(tmp_path, monkeypatch, capsys):
     small_pictures(monkeypatch)
     run = make_tiny_run(tmp_path / "run", recon_loss="l1")
-    evaluate.main(["--run-dir", str(run), "--n-samples", "0", "--device", "cpu"])
+    evaluate.main(["--run-dir", str(run), "--n-samples", "0", "--judge-samples", "0", "--device", "cpu"])
     out = capsys.readouterr().out
     results = json.loads((run / "eval" / "eval.json").read_text())
     assert results["bits_per_dim"] is None and "categorical" in results["unavailable"]["bits_per_dim"]
@@ -138,7 +140,7 @@ def test_fid_and_kid_of_the_samples_through_a_stand_in_extractor(tmp_path, monke
 
     monkeypatch.setattr(evaluate, "inception_features", lambda device, weights: colour_statistics)
     run = make_tiny_run(tmp_path / "run", recon_loss="l1")
-    evaluate.main(["--run-dir", str(run), "--n-samples", "30", "--device", "cpu"])
+    evaluate.main(["--run-dir", str(run), "--n-samples", "30", "--judge-samples", "0", "--device", "cpu"])
     results = json.loads((run / "eval" / "eval.json").read_text())
     assert sum(seen) == 30 + results["test_images"] and results["n_samples"] == 30
     assert results["fid"] > 0 and math.isfinite(results["kid"]) and "fid" not in results["unavailable"]
@@ -169,11 +171,12 @@ def test_make_evaluate_and_complete_on_a_tiny_categorical_run(tmp_path):
     categorical = ("VQVAE_ARGS=--shapes-train 192 --shapes-test 64 --codebook-size 32 --hidden-channels 32 "
                    "--batch-size 64 --recon-loss categorical")
     args = (categorical, "PRIOR_ARGS=--hidden-channels 16 --layers 2 --class-conditional",
-            "EVAL_ARGS=--n-samples 16", "COMPLETE_ARGS=--n-images 3 --n-completions 2")
+            "EVAL_ARGS=--n-samples 16 --judge-samples 16", "COMPLETE_ARGS=--n-images 3 --n-completions 2")
     result = make("evaluate", run, *args)
     assert result.stdout.count("FID/KID skipped") <= 1  # one line when the extra or its weights are missing
     results = json.loads((run / "eval/eval.json").read_text())
-    assert KEYS <= set(results) and results["test_images"] == 64
+    assert KEYS <= set(results) and results["test_images"] == 64 and results["judge_samples"] == 16
+    assert 0 <= results["gan_test_accuracy"] <= 1 and 0 <= results["classifier_test_accuracy"] <= 1
     assert 0 < results["decoder_bits_per_dim"] < results["bits_per_dim"] < 9
     for picture in ["recon.png", "samples.png", "classes.png"]:
         assert (run / "eval" / picture).is_file()

@@ -14,7 +14,8 @@ uniform prior (log2 K bits per code) shows what the prior gains. Only a categori
 (`--recon-loss categorical`) gives p(x | z); otherwise the figures are null, with the reason in
 eval.json's "unavailable". FID and KID compare --n-samples samples with the test images through the
 optional Inception features (`pip install -e '.[metrics]'`); without them, one line says so and
-everything else is written.
+everything else is written. A small classifier trained on the real training images (cached in
+OUT_DIR/classifier.pt) judges --judge-samples samples: GAN-test and GAN-train (`tools.common.classifier`).
 """
 
 import math
@@ -33,7 +34,9 @@ from stage1_vqvae.metrics import eval_batch_size, evaluate
 from stage2_prior.data import level_specs, load_codes
 from stage2_prior.metrics import split_bits
 from tools.common.drawing import add_guidance_flag, choose_labels, draw_samples
-from tools.common.finished_run import load_finished_run, load_test_images, run_parser, to_uint8
+from tools.common.classifier import accuracy, cached_classifier, judge_samples, predict
+from tools.common.finished_run import (data_source, load_finished_run, load_images, load_test_images, run_parser,
+                                       to_uint8)
 from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_features
 
 PICTURE_SAMPLES = 64
@@ -49,6 +52,10 @@ def parse_args(argv):
                              "%(default)s; on a CPU, 1000 already takes minutes)")
     parser.add_argument("--inception-weights", default=None,
                         help="the Inception weights file for FID/KID (default: torch's hub cache, downloaded when missing)")
+    parser.add_argument("--judge-samples", type=int, default=1000,
+                        help="samples a small classifier of the real training images judges (GAN-test) and another is "
+                             "trained on (GAN-train); 0 skips every classifier figure (default: %(default)s: a few CPU "
+                             "minutes, plus a few more the first time, to train the classifier cached in OUT_DIR)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="code maps sampled at once (default: %(default)s)")
     parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
@@ -152,6 +159,31 @@ def sample_figures(run, test_images: torch.Tensor, args, device) -> tuple:
     return {**fid_and_kid(extract, in_batches(test_images), in_batches(images)), "n_samples": n}, {}, images
 
 
+JUDGE_KEYS = ("classifier_test_accuracy", "recon_classifier_accuracy", "gan_test_accuracy", "gan_train_accuracy",
+              "sample_mean_confidence", "sample_class_entropy_bits")
+
+
+def judge_figures(run, test, codes, args, device, out_dir: Path) -> tuple:
+    """(the classifier's figures on the test images, their reconstructions and samples, {key: why it is null})."""
+    n = args.judge_samples
+    if n == 0:
+        skipped = {**dict.fromkeys(JUDGE_KEYS), "judge_samples": 0, "guidance": None}
+        return skipped, dict.fromkeys(JUDGE_KEYS, "--judge-samples 0")
+    train = load_images(run, "train", args.dataset, args.data_dir)
+    dataset, data_dir = data_source(run, args.dataset, args.data_dir)
+    classes = max(run.meta["num_classes"], int(train.labels.max()) + 1)
+    judge = cached_classifier(out_dir / "classifier.pt", train.images, train.labels, classes, device, dataset=dataset,
+                              data_dir=None if dataset == "shapes" else str(Path(data_dir).resolve()))
+    labels = choose_labels(run.prior, None, n, device)
+    _, samples = draw(run, n, labels, args.seed, args.batch_size, device, args.guidance)
+    figures, unavailable = judge_samples(judge, samples, labels, test.images, test.labels, classes, device)
+    recon = decode_uint8(run.vqvae, to_device(codes, device), device)
+    guidance = None if labels is None else run.prior.guidance_scale(args.guidance)
+    return {**figures, "classifier_test_accuracy": accuracy(predict(judge, test.images, device), test.labels),
+            "recon_classifier_accuracy": accuracy(predict(judge, recon, device), test.labels),
+            "judge_samples": n, "guidance": guidance}, unavailable
+
+
 def test_codes(run, test_images: torch.Tensor) -> tuple:
     """(codes, labels) of the test split from RUN_DIR/codes, checked to be as many as the test images."""
     codes, labels = load_codes(run.codes_dir, "test", run.meta)
@@ -176,7 +208,8 @@ def run_evaluation(args) -> tuple:
                "uniform_bits_per_code": uniform_bits(run.meta)[1]}
     figures, unavailable = bits_per_dim(run, test.images, codes, results["bits_per_image"], device)
     samples, samples_unavailable, images = sample_figures(run, test.images, args, device)
-    results.update(**figures, **samples, unavailable={**unavailable, **samples_unavailable})
+    judged, judge_unavailable = judge_figures(run, test, codes, args, device, out_dir)
+    results.update(**figures, **samples, **judged, unavailable={**unavailable, **samples_unavailable, **judge_unavailable})
     pictures = save_pictures(run, test, args, out_dir, device, images)
     write_json(out_dir / "eval.json", results)
     return results, [out_dir / "eval.json", *pictures]
@@ -190,6 +223,19 @@ def per_level(r: dict, key: str, fmt: str) -> str:
 
 def or_reason(r: dict, key: str, text: str) -> str:
     return f"n/a: {r['unavailable'][key]}" if r[key] is None else text
+
+
+def judge_rows(r: dict) -> list:
+    """The classifier's rows of the table."""
+    if r["classifier_test_accuracy"] is None:
+        return [("classifier", f"n/a: {r['unavailable']['classifier_test_accuracy']}")]
+    gan = (f"{r['gan_test_accuracy']:.3f}, {r['gan_train_accuracy']:.3f}  ({r['judge_samples']} samples, "
+           f"guidance {r['guidance']})" if r["gan_test_accuracy"] is not None else "")
+    return [("classifier accuracy", f"test {r['classifier_test_accuracy']:.3f}; "
+                                    f"reconstructions {r['recon_classifier_accuracy']:.3f}"),
+            ("GAN-test, GAN-train", or_reason(r, "gan_test_accuracy", gan)),
+            ("classifier on samples", f"mean confidence {r['sample_mean_confidence']:.3f}; "
+                                      f"class entropy {r['sample_class_entropy_bits']:.2f} bits")]
 
 
 def table(r: dict) -> str:
@@ -206,6 +252,7 @@ def table(r: dict) -> str:
         ("bits per dimension", or_reason(r, "bits_per_dim", bits_per_dim_text)),
         ("FID", or_reason(r, "fid", f"{r['fid']:.2f}  ({r['n_samples']} samples)" if r["fid"] is not None else "")),
         ("KID", or_reason(r, "kid", f"{r['kid']:.4f} +- {r.get('kid_std', 0):.4f}" if r["kid"] is not None else "")),
+        *judge_rows(r),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -216,6 +263,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.n_samples < 0 or args.n_samples == 1:
         raise UserError("--n-samples must be 0 (no FID/KID) or at least 2")
+    if args.judge_samples < 0 or args.judge_samples == 1:
+        raise UserError("--judge-samples must be 0 (no classifier figures) or at least 2")
     with cpu_threads(args.threads):
         results, paths = run_evaluation(args)
     print(f"{results['run_dir']} on {results['test_images']} test images:")
