@@ -74,12 +74,13 @@ class GatedPixelCNN(nn.Module):
         self.cfg = cfg
         c = cfg.hidden_channels
         num_classes = cfg.num_classes if cfg.class_conditional else 0
-        # Only guided priors get the null row, so older checkpoints load strictly.
+        # Only priors trained with label dropout get the null row, so older checkpoints load strictly.
         self.null_class = num_classes if num_classes and cfg.label_dropout > 0 else None
+        class_rows = num_classes + (self.null_class is not None)
         self.embedding = nn.Embedding(cfg.codebook_size, c)
         conditioned = cfg.condition_codebook_size > 0
         self.layers = nn.ModuleList(
-            GatedLayer(c, cfg.kernel_size, first=i == 0, num_classes=num_classes + (self.null_class is not None), dropout=cfg.dropout,
+            GatedLayer(c, cfg.kernel_size, first=i == 0, num_classes=class_rows, dropout=cfg.dropout,
                        conditioned=conditioned)
             for i in range(cfg.layers)
         )
@@ -135,7 +136,11 @@ class GatedPixelCNN(nn.Module):
         return [layer.bias(labels, features) for layer in self.layers]
 
     def guidance_scale(self, guidance=None) -> float:
-        """The classifier-free guidance scale to sample with: `guidance`, or None for the config's default."""
+        """The classifier-free guidance scale to sample with: `guidance`, or when None the config's default.
+
+        ValueError when `guidance` is given to a prior without a null class (not class-conditional, or trained
+        without label dropout).
+        """
         if guidance is not None and self.null_class is None:
             why = "was trained without label dropout" if self.cfg.class_conditional else "is not class-conditional"
             raise ValueError(f"guidance needs a class-conditional prior trained with label dropout; this one {why}")
