@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "4096", "--shapes-test", "64",
           "--codebook-size", "32", "--hidden-channels", "16", "--batch-size", "16", "--epochs", "3", "--device", "cpu"]
 STAGE2 = ["-m", "stage2_prior.train", "--hidden-channels", "16", "--layers", "2", "--batch-size", "32", "--weight-ema", "0.9",
-          "--epochs", "3", "--device", "cpu"]
+          "--class-conditional", "--label-dropout", "0.3", "--epochs", "3", "--device", "cpu"]  # labels dropped resumably
 
 
 def write_random_codes(folder, n=3000):
