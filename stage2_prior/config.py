@@ -18,7 +18,8 @@ SIZES = {"small": (64, 7), "base": (128, 8), "large": (192, 12)}
 
 @dataclass
 class PriorConfig(TrainingFlags):
-    ADDED_LATER = {"label_dropout": 0.0, "guidance": 1.0}  # what checkpoints saved before these fields had
+    # what checkpoints saved before these fields had
+    ADDED_LATER = {"label_dropout": 0.0, "guidance": 1.0, "attention_layers": 0}
 
     codes_dir: str = opt("runs/codes", "folder written by stage1_vqvae.encode (train.npy, test.npy, meta.json)")
     out_dir: str = opt("runs/prior", "where checkpoints and logs go")
@@ -32,6 +33,11 @@ class PriorConfig(TrainingFlags):
                                    "kernel_size // 2 codes (auto: from --size)")
     kernel_size: int = opt(3, "odd kernel width of the masked convolutions")
     dropout: float = opt(0.3, "dropout on the gated outputs of every layer while training")
+    attention_layers: int = opt(0, "causal self-attention blocks (PixelSNAIL) spaced evenly among the gated layers; "
+                                   "with any, every code sees every earlier code at any grid size (0: none)")
+    attention_heads: int = opt(4, "heads of each attention block")
+    attention_channels: int | None = opt(None, "width of each attention block's queries, keys and values, a multiple "
+                                               "of --attention-heads (auto: --hidden-channels)")
     class_conditional: bool = opt(False, "condition every gate on the class label")
     label_dropout: float = opt(0.1, "class-conditional priors: fraction of training maps shown a learned 'no class' "
                                     "label instead of theirs, so that sampling can use classifier-free guidance "
@@ -67,6 +73,17 @@ class PriorConfig(TrainingFlags):
         channels, layers = SIZES[self.size]
         self.hidden_channels = channels if self.hidden_channels is None else self.hidden_channels
         self.layers = layers if self.layers is None else self.layers
+        self.attention_channels = self.hidden_channels if self.attention_channels is None else self.attention_channels
+        if self.attention_layers:
+            self._check_attention()
+
+    def _check_attention(self):
+        if not 0 < self.attention_layers <= self.layers:
+            raise UserError(f"--attention-layers must be in [0, --layers] = [0, {self.layers}], "
+                            f"got {self.attention_layers}")
+        if self.attention_heads < 1 or self.attention_channels % self.attention_heads:
+            raise UserError(f"--attention-channels ({self.attention_channels}) must be a multiple of --attention-heads "
+                            f"({self.attention_heads})")
 
     def optimizer_settings(self) -> OptimizerSettings:
         return OptimizerSettings(self.lr, self.warmup_fraction, self.lr_schedule, self.weight_decay, self.weight_ema)

@@ -9,9 +9,13 @@ grids it is not, unless layers are added (`layers_to_see_everything`: 15 at 16x1
 kernel 3); `stage2_prior.train` logs which holds. Causality comes from padding and shifting rather
 than masking weights: the first layer shifts both stacks one step further (it must not see the
 current code, "mask A").
+With `attention_layers` > 0, causal self-attention blocks (`stage2_prior.attention`, PixelSNAIL) follow
+evenly spaced gated layers and add to the horizontal stack what each position reads from the features
+and codes before it: then every position sees every earlier code, at any grid size.
 Invariant after every layer: vertical features at row i depend on rows < i only; horizontal
 features at (i, j) depend on positions before (i, j) only. Dropout acts on the gated outputs of both
-stacks while training; it is elementwise, so it cannot break the invariant.
+stacks while training; it is elementwise, so it cannot break the invariant. An attention block keeps it:
+its keys and values at a position hold neither that position's code nor a later one.
 
 A prior can be conditioned on a class label and, as the bottom prior of a two-level model is, on a
 whole map of codes (`cond`, the top level): both enter every gate as biases (`stage2_prior.layers`),
@@ -30,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stage2_prior.attention import CausalAttention, attention_after, shifted_codes
 from stage2_prior.config import PriorConfig
 from stage2_prior.layers import GatedLayer, MapConditioner, draw
 from stage2_prior.sampling import doubled, guide, sample_cached
@@ -45,7 +50,13 @@ class Reach(NamedTuple):
 
 
 def reach(cfg: PriorConfig) -> Reach:
-    """Each layer widens both stacks by kernel_size // 2 codes; the first one's shift adds a row and a column."""
+    """Each layer widens both stacks by kernel_size // 2 codes; the first one's shift adds a row and a column.
+
+    With attention every earlier code is seen: the reach is then the whole grid.
+    """
+    if cfg.attention_layers:
+        return Reach(rows_up=cfg.grid_height - 1, left=cfg.grid_width - 1, right=cfg.grid_width - 1,
+                     own_row=cfg.grid_width - 1)
     span = cfg.layers * (cfg.kernel_size // 2)
     return Reach(rows_up=span + 1, left=span, right=span, own_row=span + 1)
 
@@ -66,8 +77,7 @@ def layers_to_see_everything(kernel_size: int, grid_height: int, grid_width: int
 
 
 class GatedPixelCNN(nn.Module):
-    """Gated PixelCNN prior; each position sees the earlier codes within `reach(cfg)`."""
-
+    """Gated PixelCNN prior, optionally with attention; each position sees the earlier codes within `reach(cfg)`."""
 
     def __init__(self, cfg: PriorConfig):
         super().__init__()
@@ -85,6 +95,11 @@ class GatedPixelCNN(nn.Module):
             for i in range(cfg.layers)
         )
         grid = (cfg.grid_height, cfg.grid_width)
+        self.attention_after = attention_after(cfg.layers, cfg.attention_layers)  # gated layers the blocks follow
+        self.attention = nn.ModuleList(
+            CausalAttention(c, cfg.attention_channels, cfg.attention_heads, grid, cfg.dropout)
+            for _ in range(cfg.attention_layers)
+        )
         self.conditioner = MapConditioner(cfg.condition_codebook_size, c, grid) if conditioned else None
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, cfg.codebook_size, 1))
 
@@ -148,9 +163,13 @@ class GatedPixelCNN(nn.Module):
 
     def _run_layers(self, x: torch.Tensor, biases: list) -> torch.Tensor:
         """Embedded codes (B, C, H, W) and each layer's gate bias -> logits (B, K, H, W)."""
+        blocks = dict(zip(self.attention_after, self.attention))
+        previous = shifted_codes(x) if blocks else None
         v = h = x
-        for layer, bias in zip(self.layers, biases):
+        for l, (layer, bias) in enumerate(zip(self.layers, biases)):
             v, h = layer(v, h, bias)
+            if l in blocks:
+                h = blocks[l](h, previous)
         return self.head(h)
 
     def _logits_from_embedded(self, x: torch.Tensor, labels=None, cond=None) -> torch.Tensor:

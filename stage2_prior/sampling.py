@@ -8,8 +8,13 @@ arithmetic the logits are those of the full forward pass, so with the same gener
 the same code for code (float32 rounding differs in the last bits, which can only change a draw
 that falls within about 1e-6 of a probability boundary; the tests compare in float64).
 
+Attention blocks (`stage2_prior.attention`) keep the keys and values of every position computed so far
+(a KV cache), so each position adds one query per block.
+
 Completion starts from a partly filled map: the kept rows are never drawn, they only pass through the
 vertical stack (the horizontal stack of a row feeds nothing below it), and drawing begins after them.
+With attention the horizontal stack does feed later rows, through the cached keys and values: kept
+rows then go through it too, position by position, with their own codes instead of draws.
 
 Classifier-free guidance (Ho & Salimans, arXiv:2207.12598) runs 2n rows in one batch, the n given
 labels then n null labels, and draws each code from uncond + s * (cond - uncond) (`guide`); the drawn
@@ -19,14 +24,17 @@ code is written to both halves. Scale 1 is plain conditional sampling and runs n
 import torch
 import torch.nn.functional as F
 
+from stage2_prior.attention import KeyValueCache
 from stage2_prior.layers import draw, gate
 
 
 class _LayerCache:
-    """Zero-padded buffers of one layer's inputs: all rows for the vertical stack, one row for the horizontal."""
+    """Zero-padded buffers of one layer's inputs: all rows for the vertical stack, one row for the horizontal;
+    and the keys and values of the attention block that follows the layer, if one does."""
 
-    def __init__(self, layer, n: int, channels: int, height: int, width: int, like: torch.Tensor):
+    def __init__(self, layer, n: int, channels: int, height: int, width: int, like: torch.Tensor, block=None):
         self.layer = layer
+        self.attention = None if block is None else KeyValueCache(block, n, like)
         self.half = layer.half
         self.shift = 1 if layer.first else 0
         self.top = self.half + 1  # rows of zero padding above the grid (enough for the shifted first layer)
@@ -96,22 +104,26 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
     if given is not None:
         codes[:, :keep_rows] = given[:, :keep_rows]
     rows = n if scale == 1 else 2 * n
-    caches = [_LayerCache(layer, rows, channels, height, width, weight) for layer in model.layers]
+    blocks = dict(zip(model.attention_after, model.attention))
+    caches = [_LayerCache(layer, rows, channels, height, width, weight, blocks.get(l))
+              for l, layer in enumerate(model.layers)]
+    previous = weight.new_zeros(rows, channels)  # the embedded code before the current position
     # Every bias as (rows, 2C, H, W): class biases and zeros are expanded views (adding exact zeros changes nothing).
     biases = [weight.new_zeros(1, 2 * channels, 1, 1) if b is None else b for b in biases]
     biases = [b.expand(rows, 2 * channels, height, width) for b in biases]
     for i in range(height):
         to_horizontal = _vertical_pass(caches, biases, i)
-        if i < keep_rows:  # a kept row feeds the rows below through the vertical stack only
+        if i < keep_rows and not blocks:  # a kept row feeds the rows below through the vertical stack only
             row = doubled(F.embedding(codes[:, i], weight), scale).transpose(1, 2)  # (rows, C, W)
             caches[0].write_vertical_input(i, row)
             continue
         for j in range(width):
-            logits = guide(_horizontal_logits(model, caches, to_horizontal, biases, i, j), scale)  # (n, K)
-            codes[:, i, j] = draw(logits, temperature, top_k, generator)
-            embedded = doubled(F.embedding(codes[:, i, j], weight), scale)  # (rows, C)
-            caches[0].write_horizontal_input(j, embedded)
-            caches[0].write_vertical_position(i, j, embedded)
+            logits = guide(_horizontal_logits(model, caches, to_horizontal, biases, previous, i, j), scale)  # (n, K)
+            if i >= keep_rows:
+                codes[:, i, j] = draw(logits, temperature, top_k, generator)
+            previous = doubled(F.embedding(codes[:, i, j], weight), scale)  # (rows, C)
+            caches[0].write_horizontal_input(j, previous)
+            caches[0].write_vertical_position(i, j, previous)
     return codes
 
 
@@ -128,13 +140,19 @@ def _vertical_pass(caches: list, biases: list, i: int) -> list:
     return to_horizontal
 
 
-def _horizontal_logits(model, caches: list, to_horizontal: list, biases: list, i: int, j: int) -> torch.Tensor:
-    """Every layer's horizontal stack at (i, j), then the head: the logits of position (i, j), (n, K)."""
+def _horizontal_logits(model, caches: list, to_horizontal: list, biases: list, previous: torch.Tensor, i: int,
+                       j: int) -> torch.Tensor:
+    """Every layer's horizontal stack (and attention block) at (i, j), then the head: the logits of (i, j), (n, K).
+
+    `previous` (n, C) is the embedded code before (i, j) in raster order, which attention blocks read.
+    """
     h = None
     for l, cache in enumerate(caches):
         h_pre = cache.horizontal_at(j) + to_horizontal[l][:, :, j] + biases[l][:, :, i, j]
         h_out = _linear_1x1(cache.layer.horizontal_out, gate(h_pre))
         h = h_out if cache.layer.first else h_out + h
+        if cache.attention is not None:
+            h = cache.attention.step(h, previous, i * model.cfg.grid_width + j)
         if l + 1 < len(caches):
             caches[l + 1].write_horizontal_input(j, h)
     head_hidden, head_out = model.head[1], model.head[3]

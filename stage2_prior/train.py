@@ -147,6 +147,9 @@ def announce(cfg: PriorConfig, data: dict, carved: str, device) -> None:
 def reach_text(cfg: PriorConfig) -> str:
     """What each code's logits see (`stage2_prior.model.reach`), and whether that is every earlier code."""
     r, grid = reach(cfg), f"{cfg.grid_height}x{cfg.grid_width}"
+    if cfg.attention_layers:
+        blocks = f"{cfg.attention_layers} attention block{'s' if cfg.attention_layers > 1 else ''}"
+        return f"each code sees every earlier code of the {grid} grid ({blocks})"
     text = (f"each code sees {r.rows_up} rows up ({r.left} columns left and {r.right} right of its own) "
             f"and {r.own_row} codes to its left")
     if sees_every_earlier_code(cfg):
