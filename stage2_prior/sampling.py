@@ -119,7 +119,7 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
             continue
         for j in range(width):
             logits = guide(_horizontal_logits(model, caches, to_horizontal, biases, previous, i, j), scale)  # (n, K)
-            if i >= keep_rows:
+            if i >= keep_rows:  # a kept code is not drawn, but its keys and values are cached
                 codes[:, i, j] = draw(logits, temperature, top_k, generator)
             previous = doubled(F.embedding(codes[:, i, j], weight), scale)  # (rows, C)
             caches[0].write_horizontal_input(j, previous)

@@ -153,3 +153,10 @@ def test_old_checkpoint_loads_strictly_and_an_attention_one_round_trips(tmp_path
     loaded = load_prior(tmp_path / "new.pt")
     codes = torch.randint(16, (2, 4, 4))
     assert loaded.cfg.attention_layers == 1 and torch.equal(loaded.logits(codes), model.logits(codes))
+
+
+def test_cached_equals_naive_with_attention_in_float32():
+    prior = randomized(GatedPixelCNN(attention_config(8, attention_layers=2))).float()
+    for seed in (0, 1):
+        naive, cached = sample_pair(prior, seed, temperature=1.0)
+        assert torch.equal(naive, cached), f"seed {seed}"
