@@ -10,7 +10,8 @@ DataLoader with per-image transforms in fp32 (the plain baseline) and the speed-
 encoding img/s, prior training maps/s (bare steps, and the training command itself with its
 evaluation and bookkeeping), and sampling grids/s at batch 64, naive and cached; then
 stage-1 training img/s at 64 and 128 px (two levels), and sampling grids/s of a bottom prior
-conditioned on a top map, naive and cached, for 16x16 and 32x32 bottom grids (batch 16).
+conditioned on a top map, naive and cached, for 16x16 and 32x32 bottom grids (batch 16), and of a
+prior with attention blocks, naive and cached, at 8x8 (batch 64) and 16x16 (batch 16).
 Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RSS on CPU.
 """
 
@@ -33,8 +34,8 @@ from stage1_vqvae.data import make_shapes, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
-from tools.common.efficiency import (arithmetic_report, device_name, median_rate, peak_memory_mb, prior_command_rate,
-                                     reset_peak)
+from tools.common.efficiency import (arithmetic_report, attention_sampling_rate, device_name, median_rate,
+                                     peak_memory_mb, prior_command_rate, reset_peak)
 
 BATCH = 128
 SAMPLE_BATCH = 64
@@ -233,6 +234,9 @@ def full_plan(images, device, args, compile_setting) -> list:
         plan += [(f"conditioned_{side}x{side}_{kind}_grids_per_s",
                   lambda side=side, naive=kind == "naive": bench_conditioned_sampling(device, args, side, naive))
                  for kind in ("cached", "naive")]
+    for side, batch in ((8, SAMPLE_BATCH), (16, CONDITIONED_BATCH)):
+        plan += [(f"attention_{side}x{side}_{kind}_grids_per_s", lambda side=side, batch=batch, naive=kind == "naive":
+                  attention_sampling_rate(device, side, batch, naive, args.repeats)) for kind in ("cached", "naive")]
     return plan
 
 
@@ -240,9 +244,10 @@ def speedups(results: dict) -> dict:
     """The ratios the full run reports: resident vs baseline training, cached vs naive sampling."""
     ratios = {"train_speedup_vs_baseline": results["stage1_train_img_per_s"] / results["baseline_train_img_per_s"],
               "sampling_speedup_cached_vs_naive": results["sample_cached_grids_per_s"] / results["sample_naive_grids_per_s"]}
-    for side in (16, 32):
-        ratios[f"conditioned_{side}x{side}_speedup_cached_vs_naive"] = (
-            results[f"conditioned_{side}x{side}_cached_grids_per_s"] / results[f"conditioned_{side}x{side}_naive_grids_per_s"])
+    for kind, side in (("conditioned", 16), ("conditioned", 32), ("attention", 8), ("attention", 16)):
+        name = f"{kind}_{side}x{side}"
+        cached, naive = results[f"{name}_cached_grids_per_s"], results[f"{name}_naive_grids_per_s"]
+        ratios[f"{name}_speedup_cached_vs_naive"] = cached / naive
     return ratios
 
 
@@ -267,7 +272,9 @@ def main(argv=None):
     print(f"stage-1 training: {results['train_speedup_vs_baseline']:.2f}x the DataLoader/fp32 baseline; "
           f"cached sampling: {results['sampling_speedup_cached_vs_naive']:.1f}x naive (batch {SAMPLE_BATCH}); "
           f"conditioned 16x16: {results['conditioned_16x16_speedup_cached_vs_naive']:.1f}x, "
-          f"32x32: {results['conditioned_32x32_speedup_cached_vs_naive']:.1f}x naive (batch {CONDITIONED_BATCH})")
+          f"32x32: {results['conditioned_32x32_speedup_cached_vs_naive']:.1f}x naive (batch {CONDITIONED_BATCH}); "
+          f"with attention 8x8: {results['attention_8x8_speedup_cached_vs_naive']:.1f}x, "
+          f"16x16: {results['attention_16x16_speedup_cached_vs_naive']:.1f}x naive")
     print(f"wrote {args.out}")
 
 

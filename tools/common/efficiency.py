@@ -6,7 +6,8 @@ each stage (forward, backward, Adam, the stage's precision, batch 128, channels-
 them). The rounds interleave, so a noisy shared machine slows every workload alike; the report gives
 medians over rounds, and each step's rate as a fraction of the GEMM rate of its own precision.
 A step's FLOPs are counted once by `torch.utils.flop_counter` (convolutions and matrix products).
-`prior_command_rate` times the stage-2 training command itself, to compare with its bare steps.
+`prior_command_rate` times the stage-2 training command itself, to compare with its bare steps;
+`attention_sampling_rate` the sampling of a prior with attention blocks (cached with a KV cache, or naive).
 """
 
 import contextlib
@@ -23,8 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from foundation.files import code_dtype, save_array, write_json
 from stage2_prior import train as stage2_train
+from stage2_prior.config import PriorConfig
+from stage2_prior.model import GatedPixelCNN
 
 GEMM_SIDE = 2048
+ATTENTION_BLOCKS = 2  # in the default-size prior whose sampling `attention_sampling_rate` times
 
 
 def cpu_model() -> str:
@@ -130,3 +134,14 @@ def prior_command_rate(device, precision: str) -> float:
             stage2_train.main(["--codes-dir", folder, "--out-dir", f"{folder}/prior", "--epochs", "2",
                                "--device", str(device), "--precision", precision])
         return 2 * counts["train"] / (time.perf_counter() - start)
+
+
+def attention_sampling_rate(device, side: int, batch: int, naive: bool, repeats: int) -> float:
+    """Grids per second drawn by a default-size prior with ATTENTION_BLOCKS attention blocks over side x side codes;
+    a naive run off CUDA is timed once, without warm-up (it takes seconds)."""
+    cfg = PriorConfig(grid_height=side, grid_width=side, attention_layers=ATTENTION_BLOCKS)
+    model = GatedPixelCNN(cfg).to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    slow = naive and device.type != "cuda"
+    return median_rate(lambda: model.sample(batch, generator=generator, naive=naive), batch, 1 if slow else repeats,
+                       device, warmup=0 if slow else 1)
