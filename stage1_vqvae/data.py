@@ -24,7 +24,7 @@ from stage1_vqvae.shapes import SHAPE_CLASSES, make_shapes
 from stage1_vqvae.sources import ImageSet, load_cifar10, load_folder
 
 __all__ = ["ImageSet", "SHAPE_CLASSES", "SPLITS", "load_splits", "load_split", "make_shapes", "pick_per_class",
-           "spread_over_classes", "train_batches", "eval_batches", "to_model_range"]
+           "shuffled_batches", "spread_over_classes", "train_batches", "eval_batches", "to_model_range"]
 CIFAR_SIZE = 32
 
 
@@ -107,21 +107,27 @@ def hflip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def train_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, augment: bool = True,
-                  start_batch: int = 0):
-    """Yield shuffled float batches in [-1, 1] covering every image once, with random flips on the device.
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, device, start_batch: int = 0):
+    """Yield (indices, flip mask) on `device` of each batch of one epoch over n items: every item once.
 
     The epoch's order and flips are drawn up front, so a resumed epoch can start at `start_batch` and
     see exactly the batches an uninterrupted one would. Under torchrun each rank yields its own slice
-    of every global batch (`batch_size` images per rank).
+    of every global batch (`batch_size` items per rank).
     """
-    n = images.shape[0]
-    order = torch.randperm(n, generator=generator, device=generator.device).to(images.device)
-    flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(images.device)
+    order = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(device)
     for start, stop in my_batches(n, batch_size, start_batch):
         picked = order[start:stop]
+        yield picked, flips[picked]
+
+
+def train_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, augment: bool = True,
+                  start_batch: int = 0):
+    """Yield shuffled float batches in [-1, 1] covering every image once, with random flips on the device
+    (`shuffled_batches`)."""
+    for picked, flips in shuffled_batches(images.shape[0], batch_size, generator, images.device, start_batch):
         batch = to_model_range(channels_last(images[picked]))
-        yield hflip_where(batch, flips[picked]) if augment else batch
+        yield hflip_where(batch, flips) if augment else batch
 
 
 def eval_batches(images: torch.Tensor, batch_size: int, device: torch.device):

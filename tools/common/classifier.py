@@ -26,7 +26,7 @@ from foundation.cli import UserError
 from foundation.files import load_checkpoint, save_checkpoint
 from foundation.runtime import progress_disabled
 from foundation.splits import split_validation
-from stage1_vqvae.data import channels_last, hflip_where, to_model_range
+from stage1_vqvae.data import channels_last, hflip_where, shuffled_batches, to_model_range
 
 WIDTH = 32  # channels of the first block; the two others have 2x and 4x
 EPOCHS = 15
@@ -116,13 +116,10 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 def one_epoch(model, optimizer, schedule, images, labels, generator, device) -> None:
     """One pass over the images in a seeded order, each flipped left-right with probability 1/2."""
     model.train()
-    n = images.shape[0]
-    order, flips = torch.randperm(n, generator=generator), torch.rand(n, generator=generator) < 0.5
-    for start in range(0, n, BATCH_SIZE):
-        picked = order[start : start + BATCH_SIZE]
+    for picked, flips in shuffled_batches(images.shape[0], BATCH_SIZE, generator, images.device):
         if picked.shape[0] < 2:  # batch norm needs two images; the odd last one waits for the next epoch
             continue
-        x = hflip_where(to_model_range(images[picked].to(device)), flips[picked].to(device))
+        x = hflip_where(to_model_range(images[picked].to(device)), flips.to(device))
         loss = F.cross_entropy(model(channels_last(x)), labels[picked].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
