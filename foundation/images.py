@@ -18,6 +18,11 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 [0, 255] (the inverse of the stages' scaling)."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def grid_of(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     """(B, 3, H, W) images in [-1, 1] -> one (3, H', W') grid in [0, 1], `nrow` images per row (default: square)."""
     nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))

@@ -215,16 +215,18 @@ def set_rng_states(rng: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress) -> None:
-    """Write (rank 0) everything needed to resume from this step; all ranks wait for the write."""
+def save_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress,
+               **extra) -> None:
+    """Write (rank 0) everything needed to resume from this step, with the stage's `extra` states; all ranks
+    wait for the write."""
     ranks = distributed.gather_objects(rng_states())
     if distributed.is_main():
-        _write_state(out_dir, stage, config, model, optimization, progress, ranks)
+        _write_state(out_dir, stage, config, model, optimization, progress, ranks, extra)
     distributed.barrier()
 
 
 def _write_state(out_dir: Path, stage: str, config, model, optimization: Optimization, progress: Progress,
-                 ranks: list) -> None:
+                 ranks: list, extra: dict) -> None:
     rng = {**ranks[0], "ranks": dict(enumerate(ranks))}  # rank 0's at the top level, as older versions read it
     save_checkpoint(
         out_dir / STATE,
@@ -234,6 +236,7 @@ def _write_state(out_dir: Path, stage: str, config, model, optimization: Optimiz
         **optimization.state_dict(),
         progress=dataclasses.asdict(progress),
         rng=rng,
+        **extra,
     )
 
 

@@ -11,7 +11,8 @@ from foundation.optimization import OptimizerSettings
 
 @dataclass
 class VQVAEConfig(TrainingFlags):
-    ADDED_LATER = {"top_join": "concat"}  # what checkpoints saved before these fields were trained with
+    # what checkpoints saved before these fields were trained with
+    ADDED_LATER = {"top_join": "concat", "adversarial_weight": 0.0}
 
     # data
     dataset: str = opt("cifar10", "which images", choices=["cifar10", "folder", "shapes"])
@@ -45,6 +46,13 @@ class VQVAEConfig(TrainingFlags):
     recon_loss: str = opt("l1", "reconstruction loss: L1, L2, or categorical (256-way softmax per sub-pixel: a "
                                 "likelihood, so tools.evaluate can give bits per dimension)",
                           choices=["l1", "l2", "categorical"])
+    # adversarial decoder (stage1_vqvae.adversarial)
+    adversarial_weight: float = opt(0.0, "weight of a patch discriminator's loss on the decoder, times VQGAN's adaptive "
+                                         "weight; 0 turns it off. When on, the epoch kept is the one whose validation "
+                                         "reconstructions a small classifier of the training images recognises best")
+    adversarial_start: float = opt(0.3, "fraction of the training steps before the discriminator starts")
+    discriminator_channels: int = opt(64, "width of the discriminator's first layer (doubled at each next one)")
+    discriminator_layers: int = opt(2, "stride-2 layers of the discriminator: each of its outputs sees 34 x 34 pixels with 2, 16 x 16 with 1")
     # training
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
@@ -62,6 +70,17 @@ class VQVAEConfig(TrainingFlags):
             raise UserError(f"--image-size {self.image_size} cannot be split into "
                             f"{'two levels of ' if self.levels == 2 else ''}codes with --downsample {self.downsample}: "
                             f"use a multiple of {self.downsample * 2 ** (self.levels - 1)}")
+        self._check_adversarial()
+
+    def _check_adversarial(self) -> None:
+        if self.adversarial_weight < 0 or not 0 <= self.adversarial_start < 1:
+            raise UserError("--adversarial-weight must be >= 0 and --adversarial-start in [0, 1)")
+        if self.adversarial_weight > 0 and self.recon_loss == "categorical":
+            raise UserError("--adversarial-weight needs an image decoder: use --recon-loss l1 or l2")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.adversarial_weight > 0
 
     def optimizer_settings(self) -> OptimizerSettings:
         return OptimizerSettings(self.lr, self.warmup_fraction, self.lr_schedule)

@@ -8,9 +8,11 @@ import math
 
 import torch
 
+from foundation.images import to_uint8
 from foundation.levels import LEVEL_NAMES, name_suffix
 from foundation.runtime import autocast
 from stage1_vqvae import likelihood
+from stage1_vqvae.classifier import accuracy, predict
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import eval_batches
 from stage1_vqvae.model import VQVAE
@@ -61,6 +63,18 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
     return metrics
 
 
+@torch.no_grad()
+def recognised(model: VQVAE, judge: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device,
+               precision: str) -> float:
+    """Share of the uint8 `images` whose reconstruction the classifier `judge` puts in the image's class (`labels`)."""
+    model.eval()
+    reconstructions = []
+    for x in eval_batches(images, eval_batch_size(model.cfg), device):
+        with autocast(device, precision):
+            reconstructions.append(to_uint8(model(x)[0]))
+    return accuracy(predict(judge, torch.cat(reconstructions), device), labels)
+
+
 def format_usage(m: dict, perplexity: bool = False) -> str:
     """Codes used (and perplexity) per level: 'codes used 500', or 'codes used top 240 bottom 500'."""
     suffixes = [f"_{n}" for n in LEVEL_NAMES if f"codes_used_{n}" in m] or [""]
@@ -83,7 +97,8 @@ def decoder_text(m: dict) -> str:
 
 
 def format_metrics(m: dict) -> str:
-    return f"MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB{decoder_text(m)}  {format_usage(m)}"
+    recognised = f"  recognised {m['recognised']:.3f}" if "recognised" in m else ""
+    return f"MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB{decoder_text(m)}  {format_usage(m)}{recognised}"
 
 
 def format_all_metrics(m: dict) -> str:

@@ -102,6 +102,11 @@ class VQVAE(nn.Module):
         self.decoder = make_decoder(cfg, cfg.embed_dim * cfg.levels)
 
     @property
+    def last_decoder_weight(self) -> torch.nn.Parameter:
+        """The weight of the decoder's last layer, where the adversarial loss is weighed against the reconstruction's."""
+        return [m for m in self.decoder if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1].weight
+
+    @property
     def quantizers(self) -> list:
         """Each level's quantizer, top level first."""
         return [self.quantizer] if self.top is None else [self.top.quantizer, self.quantizer]

@@ -5,7 +5,11 @@
 
 The best epoch is the one with the lowest validation MSE (not the total loss, whose commitment term
 drifts as the encoder moves), or for a categorical decoder the lowest validation negative log-likelihood
-(what bits per dimension measures); test metrics are logged every epoch but never used to choose.
+(what bits per dimension measures). With `--adversarial-weight` (`stage1_vqvae.adversarial`) MSE would
+always prefer the blurriest epoch, and the discriminator is a player, not a judge: the epoch kept is the
+one whose validation reconstructions a small classifier of the training images (`stage1_vqvae.classifier`,
+cached as OUT_DIR/classifier.pt) puts in their class most often. Test metrics are logged every epoch but
+never used to choose.
 Writes to --out-dir: config.json, metrics.jsonl (val_* and test_* every epoch), recon_epochNNN.png
 (16 test inputs across the classes above their reconstructions), state.pt (resume point, every epoch) and, at the end,
 ckpt.pt (best epoch); with --tensorboard also the same curves and pictures under tensorboard/.
@@ -15,6 +19,7 @@ Re-running resumes an interrupted run; a finished run is left alone unless --fre
 import dataclasses
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -28,15 +33,18 @@ from foundation.optimization import Optimization
 from foundation.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
 from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
                                   save_state, say, train_in_process_group, write_config)
+from stage1_vqvae.adversarial import Adversary
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
+from stage1_vqvae.classifier import cached_classifier, classifier_source
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import load_splits, spread_over_classes, to_model_range, train_batches
-from stage1_vqvae.metrics import evaluate, format_all_metrics, format_metrics, format_usage, levels_text
+from stage1_vqvae.metrics import evaluate, format_all_metrics, format_metrics, format_usage, levels_text, recognised
 from stage1_vqvae.model import VQVAE
 
 PREVIEW_IMAGES = 16  # test images in every recon_epochNNN.png, taken across the classes, the same all run
-# recon loss -> (the validation figure that chooses the epoch, its name in messages)
-SELECTED_BY = {"l1": ("mse", "MSE"), "l2": ("mse", "MSE"), "categorical": ("recon", "NLL")}
+# recon loss -> (the validation figure that chooses the epoch, its name in messages, 1: lower is better, -1: higher)
+SELECTED_BY = {"l1": ("mse", "MSE", 1), "l2": ("mse", "MSE", 1), "categorical": ("recon", "NLL", 1)}
+RECOGNISED = ("recognised", "share of reconstructions the classifier recognises", -1)  # adversarial runs
 
 
 def parse_args(argv):
@@ -47,14 +55,53 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def load_data(cfg: VQVAEConfig, device: torch.device, splits=("train", "val", "test")) -> tuple:
-    """({split: resident uint8 images on `device`}, how the validation split was made, the test preview images)."""
+class Loaded(NamedTuple):
+    images: dict  # {split: resident uint8 images on the device}
+    labels: dict  # {split: labels on the CPU}
+    classes: int
+    note: str  # how the validation split was made
+    preview: torch.Tensor  # the test images every recon_epochNNN.png shows
+
+
+def load_data(cfg: VQVAEConfig, device: torch.device, splits=("train", "val", "test")) -> Loaded:
+    """The splits' images and labels, and what the run records and shows of them."""
     sets = load_splits(cfg.dataset, cfg.data_dir, splits, (cfg.shapes_train, cfg.shapes_test), cfg.val_size,
                        cfg.image_size)
     note = sets["val"].note if "val" in sets else ""
     test = sets["test"]
     preview = test.images[spread_over_classes(test.labels, PREVIEW_IMAGES)]
-    return {name: data.images.to(device) for name, data in sets.items()}, note, preview
+    labels = {name: data.labels for name, data in sets.items()}
+    classes = max(len(test.class_names), *(int(y.max()) + 1 for y in labels.values() if len(y)))
+    return Loaded({name: data.images.to(device) for name, data in sets.items()}, labels, classes, note, preview)
+
+
+def selected_by(cfg: VQVAEConfig) -> tuple:
+    """(the validation figure that chooses the epoch, its name in messages, 1 when lower is better or -1)."""
+    return RECOGNISED if cfg.adversarial else SELECTED_BY[cfg.recon_loss]
+
+
+def build_adversary(cfg: VQVAEConfig, total_steps: int, state, device) -> Adversary | None:
+    """The discriminator of an adversarial run (restored from the resume state), or None when the option is off."""
+    if not cfg.adversarial:
+        return None
+    adversary = Adversary(cfg.adversarial_weight, round(cfg.adversarial_start * total_steps),
+                          cfg.discriminator_channels, cfg.discriminator_layers, cfg.lr, device)
+    if state is not None and "adversary" in state:
+        adversary.load_state_dict(state["adversary"])
+    return adversary
+
+
+def build_judge(cfg: VQVAEConfig, data: Loaded, out_dir: Path, device):
+    """The classifier that chooses an adversarial run's epoch, trained on the training images once and cached."""
+    if not cfg.adversarial:
+        return None
+    path = out_dir / "classifier.pt"
+    arguments = (path, data.images["train"].cpu(), data.labels["train"], data.classes, device)
+    if distributed.is_main():
+        say(f"training the classifier that chooses the epoch (once; cached in {path})")
+        cached_classifier(*arguments, **classifier_source(cfg.dataset, cfg.data_dir))
+    distributed.barrier()
+    return cached_classifier(*arguments, **classifier_source(cfg.dataset, cfg.data_dir))
 
 
 def check_same_split(cfg: VQVAEConfig, note: str) -> VQVAEConfig:
@@ -65,22 +112,38 @@ def check_same_split(cfg: VQVAEConfig, note: str) -> VQVAEConfig:
     return dataclasses.replace(cfg, val_split=note)
 
 
-def train_epoch(model, optimization, images, cfg, device, progress, stop) -> dict | None:
+def train_epoch(model, optimization, images, cfg, device, progress, stop, adversary=None) -> dict | None:
     """Train until the end of the current epoch (or a stop signal: then None); returns mean losses."""
     model.train()
+    last_layer = distributed.unwrap(model).last_decoder_weight
     n_batches = distributed.batch_count(images.shape[0], cfg.batch_size)
     generator = epoch_generator(cfg.seed, progress.epoch, device)
     batches = train_batches(images, cfg.batch_size, generator, start_batch=progress.batch)
     bar = tqdm(batches, initial=progress.batch, total=n_batches, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
                unit="batch", leave=False, disable=progress_disabled() or not distributed.is_main())
     for x in bar:
+        step, logged = progress.step, {}
         with autocast(device, cfg.precision):
-            _, loss, parts = model(x)
-        loss_value = optimize(loss, model, optimization, progress, recon=parts["recon"])
+            x_hat, loss, parts = model(x)
+            if adversary is not None:
+                adversarial, logged["adversarial_weight"] = adversary.generator_term(x_hat, parts["recon"], last_layer, step)
+                loss = loss + adversarial
+        loss_value = optimize(loss, model, optimization, progress, recon=parts["recon"], **logged)
+        if adversary is not None:
+            with autocast(device, cfg.precision):
+                progress.add(discriminator_loss=adversary.discriminator_step(x, x_hat, step).item())
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if stop.should_stop(device):
             return None
     return progress.epoch_means()
+
+
+def held_out_figures(model, judge, images, labels, cfg, device) -> dict:
+    """`evaluate`'s figures on one split and, with a judge, the share of reconstructions it puts in their class."""
+    figures = evaluate(model, images, device, cfg.precision)
+    if judge is not None:
+        figures["recognised"] = recognised(model, judge, images, labels, device, cfg.precision)
+    return figures
 
 
 def save_preview(model: VQVAE, preview_images: torch.Tensor, path: Path, device) -> torch.Tensor:
@@ -98,8 +161,8 @@ def run_eval_only(args, given: dict) -> None:
     model = load_vqvae(ckpt_path, device)
     data_flags = {k: v for k, v in given.items() if k in ("dataset", "data_dir", "shapes_train", "shapes_test", "image_size")}
     cfg = config_from(VQVAEConfig, {**vars(model.cfg), **data_flags})
-    images, _, preview = load_data(cfg, device, ("test",))
-    test_images = images["test"]
+    data = load_data(cfg, device, ("test",))
+    test_images, preview = data.images["test"], data.preview
     metrics = evaluate(model, test_images, device, given.get("precision", cfg.precision))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_preview(model, preview, out_dir / "eval_recon.png", device)
@@ -127,13 +190,17 @@ def train(given: dict, fresh: bool) -> None:
     device = pick_device(cfg.device)
     configure_backend(device)
     seed_everything(cfg.seed)
-    images, note, preview = load_data(cfg, device)
-    cfg = check_same_split(cfg, note)
+    data = load_data(cfg, device)
+    images, labels, preview = data.images, data.labels, data.preview
+    cfg = check_same_split(cfg, data.note)
     model = VQVAE(cfg).to(device, memory_format=torch.channels_last)  # as the batches (stage1_vqvae.data)
     total_steps = cfg.epochs * distributed.batch_count(images["train"].shape[0], cfg.batch_size)
     optimization = Optimization.build(model, cfg.optimizer_settings(), total_steps, device)
+    adversary = build_adversary(cfg, total_steps, state, device)  # before `restore` sets the generator's state
     progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)
+    judge = build_judge(cfg, data, out_dir, device)
+    extra_state = lambda: {"adversary": adversary.state_dict()} if adversary else {}  # noqa: E731
     if maybe_compile([model.encoder, model.decoder], cfg.compile, device):  # the quantizer stays eager (data-dependent)
         say("compiling the encoder and decoder (the first steps are slower)")
     parallel = distributed.wrap(model, device)
@@ -144,27 +211,28 @@ def train(given: dict, fresh: bool) -> None:
     with StopSignal() as stop, curves:
         while progress.epoch < cfg.epochs:
             start, images_left = time.perf_counter(), images["train"].shape[0] - progress.batch * cfg.batch_size * world
-            train = train_epoch(parallel, optimization, images["train"], cfg, device, progress, stop)
+            train = train_epoch(parallel, optimization, images["train"], cfg, device, progress, stop, adversary)
             if train is None:
-                save_state(out_dir, STAGE, cfg, model, optimization, progress)
+                save_state(out_dir, STAGE, cfg, model, optimization, progress, **extra_state())
                 stop.exit(progress)
             seconds = time.perf_counter() - start
-            val, test = (evaluate(model, images[split], device, cfg.precision) for split in ("val", "test"))
+            val, test = (held_out_figures(model, judge, images[split], labels[split], cfg, device) for split in ("val", "test"))
             reported = {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
-            is_best = progress.record_epoch(val[SELECTED_BY[cfg.recon_loss][0]], model, reported)
+            key, _, sign = selected_by(cfg)
+            is_best = progress.record_epoch(sign * val[key], model, reported)
             record = {"epoch": progress.epoch, "step": progress.step, "lr": optimization.scheduler.get_last_lr()[0],
-                      "train_loss": train["loss"], "train_recon": train["recon"], **reported,
+                      **{f"train_{k}": v for k, v in train.items()}, **reported,
                       "seconds": seconds, "img_per_s": images_left / seconds, "processes": world}
             if distributed.is_main():
                 append_jsonl(out_dir / METRICS, record)
                 picture = save_preview(model, preview, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
                 curves.log(progress.epoch, record, {"test/reconstructions": picture})
-            save_state(out_dir, STAGE, cfg, model, optimization, progress)
+            save_state(out_dir, STAGE, cfg, model, optimization, progress, **extra_state())
             say(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(val)}  "
                 f"test {format_metrics(test)}  ({record['img_per_s']:.0f} img/s){'  *best' if is_best else ''}")
     path = finish(out_dir, STAGE, cfg, progress)
     best = progress.best_metrics
-    key, name = SELECTED_BY[cfg.recon_loss]
+    key, name, _ = selected_by(cfg)
     say(f"best epoch {progress.best_epoch} by validation {name} ({best['val_' + key]:.5f}): test PSNR "
         f"{best['test_psnr']:.2f} dB, MSE {best['test_mse']:.5f}, "
         f"{format_usage({k[5:]: v for k, v in best.items() if k.startswith('test_')})} -> {path}")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,10 @@ from tests.conftest import ROOT
 
 STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "4096", "--shapes-test", "64",
           "--codebook-size", "32", "--hidden-channels", "16", "--batch-size", "16", "--epochs", "3", "--device", "cpu"]
+# the adversarial stage 1 at 16 px: its classifier (trained once, then copied into each run folder) takes seconds
+STAGE1_ADVERSARIAL = [*STAGE1[:STAGE1.index("--shapes-train")], "--shapes-train", "2048", *STAGE1[STAGE1.index("--shapes-test"):],
+                      "--image-size", "16", "--adversarial-weight", "0.5", "--adversarial-start", "0.2",
+                      "--discriminator-channels", "8"]
 STAGE2 = ["-m", "stage2_prior.train", "--hidden-channels", "16", "--layers", "2", "--batch-size", "32", "--weight-ema", "0.9",
           "--class-conditional", "--label-dropout", "0.3", "--epochs", "3", "--device", "cpu"]  # labels dropped resumably
 
@@ -70,19 +75,22 @@ def uninterrupted(tmp_path_factory):
     base = tmp_path_factory.mktemp("uninterrupted")
     write_random_codes(base / "codes")
     runs = {}
-    for name, args in [("stage1", STAGE1), ("stage2", STAGE2)]:
+    for name, args in [("stage1", STAGE1), ("stage1-adversarial", STAGE1_ADVERSARIAL), ("stage2", STAGE2)]:
         run(command(args, base / name, base / "codes"))
         runs[name] = base / name
     return base, runs
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+@pytest.mark.parametrize("stage", ["stage1", "stage1-adversarial", "stage2"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, uninterrupted, stage, sig):
     base, reference = uninterrupted
-    args = STAGE1 if stage == "stage1" else STAGE2
+    args = {"stage1": STAGE1, "stage1-adversarial": STAGE1_ADVERSARIAL, "stage2": STAGE2}[stage]
     cmd = command(args, tmp_path / "run", base / "codes")
+    if stage == "stage1-adversarial":
+        (tmp_path / "run").mkdir()
+        shutil.copy(reference[stage] / "classifier.pt", tmp_path / "run")
     returncode, stderr = start_and_interrupt(cmd, tmp_path / "run", sig)
     if sig == signal.SIGTERM:
         assert returncode == 128 + signal.SIGTERM and "state saved" in stderr
@@ -102,12 +110,20 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, uninterrupted, st
 
 
 def assert_same_schedule_and_average(expected_path, got_path):
-    """The learning-rate schedule and the weight average (stage 2) ended where the uninterrupted run's did."""
+    """The learning-rate schedule, the weight average (stage 2) and the discriminator with its optimizer (adversarial
+    stage 1) ended where the uninterrupted run's did."""
     expected, got = (torch.load(path, weights_only=True) for path in (expected_path, got_path))
     assert expected["scheduler"] == got["scheduler"] and got["scheduler"]["last_epoch"] > 0
-    assert ("ema" in expected) == ("ema" in got)
+    assert ("ema" in expected) == ("ema" in got) and ("adversary" in expected) == ("adversary" in got)
     for name, value in expected.get("ema", {}).items():
         assert torch.equal(value, got["ema"][name]), name
+    if "adversary" in expected:
+        assert expected["adversary"]["start_step"] == got["adversary"]["start_step"] > 0
+        for name, value in expected["adversary"]["discriminator"].items():
+            assert torch.equal(value, got["adversary"]["discriminator"][name]), name
+        moments = [(e["exp_avg"], g["exp_avg"]) for e, g in zip(expected["adversary"]["optimizer"]["state"].values(),
+                                                                 got["adversary"]["optimizer"]["state"].values())]
+        assert moments and all(torch.equal(e, g) for e, g in moments)
 
 
 @pytest.mark.slow

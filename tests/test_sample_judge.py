@@ -8,7 +8,8 @@ import torch
 
 from tests.tiny_run import make_tiny_run, one_thread  # noqa: F401 (autouse)
 from tools import evaluate
-from tools.common import classifier
+from stage1_vqvae import classifier
+from tools.common import sample_judge
 
 CPU = torch.device("cpu")
 COLOURS = torch.tensor([[230, 20, 20], [20, 230, 20], [20, 20, 230]], dtype=torch.uint8)  # class c: colour c
@@ -33,11 +34,11 @@ def test_accuracy_confidence_and_entropy_on_known_logits():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0]])
     assert classifier.accuracy(logits, torch.tensor([0, 1, 1, 0])) == 0.75
     expected = sum(math.exp(top) / (math.exp(top) + 2) for top in [2, 3, 1, 5]) / 4
-    assert classifier.mean_confidence(logits) == pytest.approx(expected, rel=1e-12)
-    assert classifier.class_entropy_bits(logits) == pytest.approx(1.5)  # predicted classes 0, 1, 2, 0
-    assert classifier.class_entropy_bits(torch.eye(4)) == pytest.approx(2.0)
-    assert classifier.class_entropy_bits(torch.tensor([[1.0, 0.0]] * 5)) == 0.0
-    assert classifier.mean_confidence(torch.zeros(2, 4)) == pytest.approx(0.25)
+    assert sample_judge.mean_confidence(logits) == pytest.approx(expected, rel=1e-12)
+    assert sample_judge.class_entropy_bits(logits) == pytest.approx(1.5)  # predicted classes 0, 1, 2, 0
+    assert sample_judge.class_entropy_bits(torch.eye(4)) == pytest.approx(2.0)
+    assert sample_judge.class_entropy_bits(torch.tensor([[1.0, 0.0]] * 5)) == 0.0
+    assert sample_judge.mean_confidence(torch.zeros(2, 4)) == pytest.approx(0.25)
 
 
 def test_a_classifier_of_coloured_images_judges_samples_of_the_right_colour_perfectly():
@@ -48,13 +49,13 @@ def test_a_classifier_of_coloured_images_judges_samples_of_the_right_colour_perf
     assert 1 <= chosen["epoch"] <= classifier.EPOCHS and chosen["val_accuracy"] == 1.0
     test, test_labels = coloured(5, seed=1)
     samples, sample_labels = coloured(20, seed=2)
-    figures, unavailable = classifier.judge_samples(judge, samples, sample_labels, test, test_labels, 3, CPU)
+    figures, unavailable = sample_judge.judge_samples(judge, samples, sample_labels, test, test_labels, 3, CPU)
     assert unavailable == {} and figures["gan_test_accuracy"] == 1.0 and figures["gan_train_accuracy"] == 1.0
     assert figures["sample_class_entropy_bits"] == pytest.approx(math.log2(3))
-    wrong, _ = classifier.judge_samples(judge, samples, (sample_labels + 1) % 3, test, test_labels, 3, CPU)
+    wrong, _ = sample_judge.judge_samples(judge, samples, (sample_labels + 1) % 3, test, test_labels, 3, CPU)
     assert wrong["gan_test_accuracy"] == 0.0 and wrong["gan_train_accuracy"] < 0.5  # GAN-train learnt shifted labels
     reds = samples[sample_labels == 0]
-    alone, unavailable = classifier.judge_samples(judge, reds, None, test, test_labels, 3, CPU)
+    alone, unavailable = sample_judge.judge_samples(judge, reds, None, test, test_labels, 3, CPU)
     assert alone["gan_test_accuracy"] is None and "not class-conditional" in unavailable["gan_train_accuracy"]
     assert alone["sample_class_entropy_bits"] == 0.0 and 1 / 3 < alone["sample_mean_confidence"] <= 1
 

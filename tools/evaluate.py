@@ -15,7 +15,8 @@ uniform prior (log2 K bits per code) shows what the prior gains. Only a categori
 eval.json's "unavailable". FID and KID compare --n-samples samples with the test images through the
 optional Inception features (`pip install -e '.[metrics]'`); without them, one line says so and
 everything else is written. A small classifier trained on the real training images (cached in
-OUT_DIR/classifier.pt) judges --judge-samples samples: GAN-test and GAN-train (`tools.common.classifier`).
+OUT_DIR/classifier.pt; stage 1's vqvae/classifier.pt serves when it was trained on the same images) judges
+the reconstructions and --judge-samples samples: GAN-test and GAN-train (`tools.common.sample_judge`).
 """
 
 import math
@@ -25,18 +26,18 @@ import torch
 
 from foundation.cli import UserError, main_entry
 from foundation.files import remove_stale_temporaries, write_json
-from foundation.images import labelled_rows, save_comparison, save_grid, save_png
+from foundation.images import labelled_rows, save_comparison, save_grid, save_png, to_uint8
 from foundation.levels import count, take, to_device
 from foundation.runtime import cpu_threads, pick_device
+from stage1_vqvae.classifier import accuracy, cached_classifier, classifier_source, predict
 from stage1_vqvae.data import pick_per_class, to_model_range
 from stage1_vqvae.likelihood import models_likelihood
 from stage1_vqvae.metrics import eval_batch_size, evaluate
 from stage2_prior.data import level_specs, load_codes
 from stage2_prior.metrics import split_bits
 from tools.common.drawing import add_guidance_flag, choose_labels, draw_samples
-from tools.common.classifier import accuracy, cached_classifier, judge_samples, predict
-from tools.common.finished_run import (data_source, load_finished_run, load_images, load_test_images, run_parser,
-                                       to_uint8)
+from tools.common.finished_run import data_source, load_finished_run, load_images, load_test_images, run_parser
+from tools.common.sample_judge import judge_samples
 from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_features
 
 PICTURE_SAMPLES = 64
@@ -172,8 +173,8 @@ def judge_figures(run, test, codes, args, device, out_dir: Path) -> tuple:
     train = load_images(run, "train", args.dataset, args.data_dir)
     dataset, data_dir = data_source(run, args.dataset, args.data_dir)
     classes = max(run.meta["num_classes"], int(train.labels.max()) + 1)
-    judge = cached_classifier(out_dir / "classifier.pt", train.images, train.labels, classes, device, dataset=dataset,
-                              data_dir=None if dataset == "shapes" else str(Path(data_dir).resolve()))
+    judge = cached_classifier(out_dir / "classifier.pt", train.images, train.labels, classes, device,
+                              also_at=(run.run_dir / "vqvae" / "classifier.pt",), **classifier_source(dataset, data_dir))
     labels = choose_labels(run.prior, None, n, device)
     _, samples = draw(run, n, labels, args.seed, args.batch_size, device, args.guidance)
     figures, unavailable = judge_samples(judge, samples, labels, test.images, test.labels, classes, device)

@@ -94,8 +94,3 @@ def load_images(run: FinishedRun, split: str, dataset: str | None = None, data_d
 def load_test_images(run: FinishedRun, dataset: str | None = None, data_dir: str | None = None) -> ImageSet:
     """The test split the codes were encoded from (meta.json's dataset unless given), at the model's size."""
     return load_images(run, "test", dataset, data_dir)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 [0, 255] (the inverse of the stages' scaling)."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

@@ -1,15 +1,11 @@
-"""A small CNN that judges images by their class: the measures of Shmelkov et al., "How good is my GAN?" (ECCV 2018).
+"""A small CNN that tells an image's class: how recognisable reconstructions and samples are, with no pretrained network.
 
-Used by `tools.evaluate` (`make evaluate`). The classifier is trained on the run's real training images, with
+Used by `stage1_vqvae.train` (an adversarial run keeps the epoch whose validation reconstructions it recognises
+best) and by `tools.evaluate` (`make evaluate`: its accuracy on test images, their reconstructions and samples,
+`tools.common.sample_judge`). The classifier is trained on the run's real training images, with
 flips, for a fixed number of epochs; a seeded, class-stratified tenth of those images chooses the epoch. It is
-cached as RUN_DIR/eval/classifier.pt together with what it was trained on, and retrained only when that changes.
-
-- **GAN-test**: its accuracy on class-conditional samples (each against the label it was drawn with), beside its
-  accuracy on the real test images (the ceiling). Low: the samples do not look like their class.
-- **GAN-train**: the same architecture trained on samples alone, tested on the real test images. Low while
-  GAN-test is high: the samples are recognisable but lack the variety of the real images.
-- For any prior: the classifier's mean confidence (max softmax) on samples, and the entropy of its predicted-class
-  histogram in bits (log2 of the class count when every class is predicted equally often).
+cached (stage 1: OUT_DIR/classifier.pt; `make evaluate`: RUN_DIR/eval/classifier.pt, or stage 1's when it was
+trained on the same images) together with what it was trained on, and retrained only when that changes.
 """
 
 import copy
@@ -54,28 +50,23 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+def new_classifier(num_classes: int, width: int, seed: int, device) -> SmallCNN:
+    """A SmallCNN with seeded weights, made without moving the caller's random generator (a training run's)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SmallCNN(num_classes, width).to(device, memory_format=torch.channels_last)
+
+
 def conv_bn_relu(cin: int, cout: int) -> list:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-# ---------------------------------------------------------------- measures on logits
+# ---------------------------------------------------------------- accuracy
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows of (N, C) logits whose largest entry is at the row's label."""
     return (logits.argmax(dim=1) == labels.to(logits.device)).double().mean().item()
-
-
-def mean_confidence(logits: torch.Tensor) -> float:
-    """Mean over the rows of the largest softmax probability."""
-    return logits.double().softmax(dim=1).max(dim=1).values.mean().item()
-
-
-def class_entropy_bits(logits: torch.Tensor) -> float:
-    """Entropy in bits of the histogram of predicted classes (argmax of each row)."""
-    counts = torch.bincount(logits.argmax(dim=1), minlength=logits.shape[1]).double()
-    p = counts[counts > 0] / counts.sum()
-    return -(p * p.log2()).sum().item()
 
 
 @torch.no_grad()
@@ -93,9 +84,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
                      desc: str = "classifier") -> tuple:
     """(a SmallCNN trained on uint8 images with their labels, {epoch, val_accuracy}): the best of EPOCHS on validation."""
     train_idx, val_idx = split_validation(labels, VAL_FRACTION)
-    with torch.random.fork_rng(devices=[]):  # seeded weights without moving the caller's generator
-        torch.manual_seed(seed)
-        model = SmallCNN(num_classes, WIDTH).to(device, memory_format=torch.channels_last)
+    model = new_classifier(num_classes, WIDTH, seed, device)
     generator = torch.Generator().manual_seed(seed)
     steps = EPOCHS * math.ceil(len(train_idx) / BATCH_SIZE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=5e-4)
@@ -138,13 +127,20 @@ def describe_training_set(images: torch.Tensor, labels: torch.Tensor, num_classe
             "images_sha256": digest.hexdigest(), "width": WIDTH, "epochs": EPOCHS, "seed": SEED}
 
 
+def classifier_source(dataset: str, data_dir: str) -> dict:
+    """Where the training images came from, as the cache records it (generated shapes have no folder)."""
+    return {"dataset": dataset, "data_dir": None if dataset == "shapes" else str(Path(data_dir).resolve())}
+
+
 def cached_classifier(path: Path, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device,
-                      **source) -> nn.Module:
-    """The classifier cached at `path` when it was trained on the same images, else one trained now and cached."""
+                      also_at: tuple = (), **source) -> nn.Module:
+    """The classifier cached at `path` (or at one of the paths `also_at`) when it was trained on the same images,
+    else one trained now and cached at `path`."""
     trained_on = describe_training_set(images, labels, num_classes, **source)
-    reused = reuse(path, trained_on, device)
-    if reused is not None:
-        return reused
+    for place in (path, *also_at):
+        reused = reuse(place, trained_on, device)
+        if reused is not None:
+            return reused
     model, chosen = train_classifier(images, labels, num_classes, device)
     save_checkpoint(path, "classifier", {"num_classes": num_classes, "width": WIDTH},
                     {k: v.cpu() for k, v in model.state_dict().items()}, trained_on=trained_on, **chosen)
@@ -162,29 +158,6 @@ def reuse(path: Path, trained_on: dict, device) -> nn.Module | None:
         return None
     if ckpt.get("trained_on") != trained_on:
         return None
-    model = SmallCNN(ckpt["config"]["num_classes"], ckpt["config"]["width"]).to(device)
+    model = new_classifier(ckpt["config"]["num_classes"], ckpt["config"]["width"], SEED, device)
     model.load_state_dict(ckpt["model"])
-    return model.to(memory_format=torch.channels_last).eval()
-
-
-# ---------------------------------------------------------------- the measures of samples
-
-NOT_CONDITIONAL = "the prior is not class-conditional: its samples have no label to check (see sample_mean_confidence)"
-
-
-def judge_samples(judge: nn.Module, samples: torch.Tensor, labels: torch.Tensor | None, test_images: torch.Tensor,
-                  test_labels: torch.Tensor, num_classes: int, device) -> tuple:
-    """({gan_test_accuracy, gan_train_accuracy, sample_mean_confidence, sample_class_entropy_bits}, {key: why null}).
-
-    `samples` are uint8 images drawn with `labels` (None for an unconditional prior: no GAN-test, no GAN-train).
-    """
-    logits = predict(judge, samples, device)
-    figures = {"sample_mean_confidence": mean_confidence(logits), "sample_class_entropy_bits": class_entropy_bits(logits)}
-    if labels is None:
-        return {**figures, "gan_test_accuracy": None, "gan_train_accuracy": None}, dict.fromkeys(
-            ("gan_test_accuracy", "gan_train_accuracy"), NOT_CONDITIONAL)
-    labels = labels.cpu()
-    trained, _ = train_classifier(samples, labels, num_classes, device, desc="GAN-train classifier")
-    figures["gan_test_accuracy"] = accuracy(logits, labels)
-    figures["gan_train_accuracy"] = accuracy(predict(trained, test_images, device), test_labels)
-    return figures, {}
+    return model.eval()
