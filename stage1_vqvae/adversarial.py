@@ -18,6 +18,7 @@ from foundation import distributed
 
 ADAM_BETAS = (0.5, 0.9)  # VQGAN's, for both players
 MAX_ADAPTIVE_WEIGHT = 1e4
+DISCRIMINATOR_SEED = 0
 
 
 class PatchDiscriminator(nn.Module):
@@ -82,7 +83,10 @@ class Adversary:
 
     def __init__(self, weight: float, start_step: int, channels: int, layers: int, lr: float, device):
         self.weight, self.start_step = weight, start_step
-        self.discriminator = PatchDiscriminator(channels, layers).to(device, memory_format=torch.channels_last)
+        with torch.random.fork_rng(devices=[]):  # the run's generator moves as in a run without the option
+            torch.manual_seed(DISCRIMINATOR_SEED)
+            discriminator = PatchDiscriminator(channels, layers)
+        self.discriminator = discriminator.to(device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=ADAM_BETAS)
 
     def active(self, step: int) -> bool:

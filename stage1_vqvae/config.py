@@ -51,6 +51,7 @@ class VQVAEConfig(TrainingFlags):
                                          "weight; 0 turns it off. When on, the epoch kept is the one whose validation "
                                          "reconstructions a small classifier of the training images recognises best")
     adversarial_start: float = opt(0.3, "fraction of the training steps before the discriminator starts")
+    discriminator_lr: float = opt(1e-4, "the discriminator's Adam learning rate (constant)")
     discriminator_channels: int = opt(64, "width of the discriminator's first layer (doubled at each next one)")
     discriminator_layers: int = opt(2, "stride-2 layers of the discriminator: each of its outputs sees 34 x 34 pixels with 2, 16 x 16 with 1")
     # training

@@ -102,5 +102,7 @@ def format_metrics(m: dict) -> str:
 
 
 def format_all_metrics(m: dict) -> str:
+    recognised = (f"  classifier accuracy: reconstructions {m['recognised']:.3f}, originals {m['recognised_originals']:.3f}"
+                  if "recognised_originals" in m else "")
     return (f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB{decoder_text(m)}  "
-            f"{format_usage(m, perplexity=True)}")
+            f"{format_usage(m, perplexity=True)}{recognised}")

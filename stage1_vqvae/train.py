@@ -35,7 +35,7 @@ from foundation.training import (METRICS, StopSignal, epoch_generator, finish, o
                                   save_state, say, train_in_process_group, write_config)
 from stage1_vqvae.adversarial import Adversary
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
-from stage1_vqvae.classifier import cached_classifier, classifier_source
+from stage1_vqvae.classifier import accuracy, cached_classifier, classifier_source, predict
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import load_splits, spread_over_classes, to_model_range, train_batches
 from stage1_vqvae.metrics import evaluate, format_all_metrics, format_metrics, format_usage, levels_text, recognised
@@ -51,6 +51,10 @@ def parse_args(argv):
     parser = build_parser(VQVAEConfig, __doc__.split("\n")[0])
     parser.add_argument("--eval-only", action="store_true", help="evaluate a checkpoint instead of training")
     parser.add_argument("--ckpt", default=None, help="checkpoint for --eval-only (default: OUT_DIR/ckpt.pt)")
+    parser.add_argument("--recognised", action="store_true",
+                        help="with --eval-only, also how often a small classifier of the training images puts the test "
+                             "images and their reconstructions in their class (trained once, cached in "
+                             "OUT_DIR/classifier.pt)")
     parser.add_argument("--fresh", action="store_true", help="discard an earlier run in OUT_DIR and start over")
     return parser.parse_args(argv)
 
@@ -85,7 +89,7 @@ def build_adversary(cfg: VQVAEConfig, total_steps: int, state, device) -> Advers
     if not cfg.adversarial:
         return None
     adversary = Adversary(cfg.adversarial_weight, round(cfg.adversarial_start * total_steps),
-                          cfg.discriminator_channels, cfg.discriminator_layers, cfg.lr, device)
+                          cfg.discriminator_channels, cfg.discriminator_layers, cfg.discriminator_lr, device)
     if state is not None and "adversary" in state:
         adversary.load_state_dict(state["adversary"])
     return adversary
@@ -146,6 +150,15 @@ def held_out_figures(model, judge, images, labels, cfg, device) -> dict:
     return figures
 
 
+def test_recognised_figures(model, data: Loaded, cfg: VQVAEConfig, out_dir: Path, device) -> dict:
+    """{recognised: the classifier's accuracy on the test reconstructions, recognised_originals: on the images}."""
+    judge = cached_classifier(out_dir / "classifier.pt", data.images["train"].cpu(), data.labels["train"], data.classes,
+                              device, **classifier_source(cfg.dataset, cfg.data_dir))
+    images, labels = data.images["test"], data.labels["test"]
+    return {"recognised": recognised(model, judge, images, labels, device, cfg.precision),
+            "recognised_originals": accuracy(predict(judge, images, device), labels)}
+
+
 def save_preview(model: VQVAE, preview_images: torch.Tensor, path: Path, device) -> torch.Tensor:
     """Save the preview images above their reconstructions; returns the picture (3, H, W) in [0, 1]."""
     model.eval()
@@ -161,9 +174,11 @@ def run_eval_only(args, given: dict) -> None:
     model = load_vqvae(ckpt_path, device)
     data_flags = {k: v for k, v in given.items() if k in ("dataset", "data_dir", "shapes_train", "shapes_test", "image_size")}
     cfg = config_from(VQVAEConfig, {**vars(model.cfg), **data_flags})
-    data = load_data(cfg, device, ("test",))
+    data = load_data(cfg, device, ("train", "test") if args.recognised else ("test",))
     test_images, preview = data.images["test"], data.preview
     metrics = evaluate(model, test_images, device, given.get("precision", cfg.precision))
+    if args.recognised:
+        metrics.update(test_recognised_figures(model, data, cfg, out_dir, device))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_preview(model, preview, out_dir / "eval_recon.png", device)
     write_json(out_dir / "eval.json", {"checkpoint": str(ckpt_path), "dataset": cfg.dataset, **metrics})

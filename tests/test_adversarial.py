@@ -85,6 +85,14 @@ def test_with_the_option_off_the_adversarial_settings_change_nothing(tmp_path):
     assert all("val_recognised" not in r and "train_adversarial_weight" not in r for r in records)
 
 
+def test_before_its_start_an_adversarial_run_takes_the_plain_runs_steps(tmp_path):
+    train_main([*TINY, "--out-dir", str(tmp_path / "plain")])
+    train_main([*TINY, "--out-dir", str(tmp_path / "late"), "--adversarial-weight", "0.5", "--adversarial-start", "0.99"])
+    plain, late = (torch.load(tmp_path / run / "state.pt", weights_only=True) for run in ("plain", "late"))
+    assert late["adversary"]["start_step"] == late["progress"]["step"]  # 2 epochs of 9 steps: it never started
+    assert all(torch.equal(plain["model"][k], late["model"][k]) for k in plain["model"])
+
+
 def test_an_adversarial_run_keeps_the_epoch_its_classifier_recognises_best(tmp_path):
     out = tmp_path / "adversarial"
     train_main([*TINY, "--epochs", "3", "--out-dir", str(out), "--adversarial-weight", "0.5",
@@ -97,6 +105,12 @@ def test_an_adversarial_run_keeps_the_epoch_its_classifier_recognises_best(tmp_p
     best = max(range(3), key=lambda i: (records[i]["val_recognised"], -i))  # the first of equals
     assert ckpt["epoch"] == best + 1 and ckpt["metrics"]["val_recognised"] == records[best]["val_recognised"]
     assert (out / "classifier.pt").exists() and "adversary" in torch.load(out / "state.pt", weights_only=True)
+
+    cached = (out / "classifier.pt").stat().st_mtime_ns
+    train_main([*TINY, "--out-dir", str(out), "--eval-only", "--recognised"])
+    figures = json.loads((out / "eval.json").read_text())
+    assert 0 <= figures["recognised"] <= 1 and 0 <= figures["recognised_originals"] <= 1
+    assert (out / "classifier.pt").stat().st_mtime_ns == cached  # the run's classifier, not a new one
 
 
 def test_training_or_loading_the_classifier_leaves_the_runs_generator_alone(tmp_path):
