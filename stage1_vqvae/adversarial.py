@@ -4,7 +4,9 @@ A PatchGAN discriminator (pix2pix, arXiv:1611.07004) scores overlapping patches 
 it is trained with the hinge loss. The decoder adds `-mean(D(x_hat))` to its loss, weighted as in VQGAN: the ratio
 of the reconstruction loss's and the adversarial loss's gradient norms at the decoder's last layer (so neither
 swamps the other whatever their scales), times the user's `--adversarial-weight`. Both start after
-`--adversarial-start` of the steps: first the decoder learns to reconstruct, then to look real.
+`--adversarial-start` of the steps: first the decoder learns to reconstruct, then to look real. With
+`--adversarial-ramp`, the decoder's term then grows linearly over that share of the steps, so a discriminator
+that has only just begun to learn cannot throw the reconstructions off at once.
 
 Nothing here needs a pretrained network. No I/O: `Adversary` holds the discriminator and its optimizer, and
 gives and takes its state as a dict for the resumable state file.
@@ -81,8 +83,9 @@ def average_gradients_over_ranks(module: nn.Module) -> None:
 class Adversary:
     """The discriminator, its optimizer and the step it starts at, for one stage-1 run."""
 
-    def __init__(self, weight: float, start_step: int, channels: int, layers: int, lr: float, device):
-        self.weight, self.start_step = weight, start_step
+    def __init__(self, weight: float, start_step: int, channels: int, layers: int, lr: float, device,
+                 ramp_steps: int = 0):
+        self.weight, self.start_step, self.ramp_steps = weight, start_step, ramp_steps
         with torch.random.fork_rng(devices=[]):  # the run's generator moves as in a run without the option
             torch.manual_seed(DISCRIMINATOR_SEED)
             discriminator = PatchDiscriminator(channels, layers)
@@ -91,6 +94,13 @@ class Adversary:
 
     def active(self, step: int) -> bool:
         return step >= self.start_step
+
+    def ramp(self, step: int) -> float:
+        """The share of the user's weight the decoder's term gets at `step`: 0 before the start, then rising
+        linearly to 1 over `ramp_steps` (at once without a ramp) while the discriminator already learns."""
+        if not self.active(step):
+            return 0.0
+        return min(1.0, (step - self.start_step + 1) / self.ramp_steps) if self.ramp_steps > 0 else 1.0
 
     def generator_term(self, x_hat: torch.Tensor, recon_loss: torch.Tensor, last_layer: torch.Tensor,
                        step: int) -> tuple:
@@ -106,7 +116,7 @@ class Adversary:
             generator_loss = -self.discriminator(x_hat).float().mean()
         finally:
             self.discriminator.requires_grad_(True)
-        weight = self.weight * adaptive_weight(recon_loss, generator_loss, last_layer)
+        weight = self.weight * self.ramp(step) * adaptive_weight(recon_loss, generator_loss, last_layer)
         return weight * generator_loss, weight
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, step: int) -> torch.Tensor:
@@ -124,9 +134,9 @@ class Adversary:
 
     def state_dict(self) -> dict:
         return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "start_step": self.start_step}
+                "start_step": self.start_step, "ramp_steps": self.ramp_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.start_step = state["start_step"]
+        self.start_step, self.ramp_steps = state["start_step"], state.get("ramp_steps", 0)

@@ -12,7 +12,7 @@ from foundation.optimization import OptimizerSettings
 @dataclass
 class VQVAEConfig(TrainingFlags):
     # what checkpoints saved before these fields were trained with
-    ADDED_LATER = {"top_join": "concat", "adversarial_weight": 0.0}
+    ADDED_LATER = {"top_join": "concat", "adversarial_weight": 0.0, "adversarial_ramp": 0.0}
 
     # data
     dataset: str = opt("cifar10", "which images", choices=["cifar10", "folder", "shapes"])
@@ -51,9 +51,12 @@ class VQVAEConfig(TrainingFlags):
                                          "weight; 0 turns it off. When on, the epoch kept is the one whose validation "
                                          "reconstructions a small classifier of the training images recognises best")
     adversarial_start: float = opt(0.3, "fraction of the training steps before the discriminator starts")
+    adversarial_ramp: float = opt(0.2, "fraction of the training steps over which the decoder's adversarial term then "
+                                       "grows linearly from 0 to its full weight (0: at once; measured: 0.2 pays)")
     discriminator_lr: float = opt(1e-4, "the discriminator's Adam learning rate (constant)")
     discriminator_channels: int = opt(64, "width of the discriminator's first layer (doubled at each next one)")
-    discriminator_layers: int = opt(2, "stride-2 layers of the discriminator: each of its outputs sees 34 x 34 pixels with 2, 16 x 16 with 1")
+    discriminator_layers: int = opt(2, "stride-2 layers of the discriminator: each of its outputs sees 34 x 34 "
+                                       "pixels with 2, 16 x 16 with 1")
     # training
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
@@ -74,8 +77,9 @@ class VQVAEConfig(TrainingFlags):
         self._check_adversarial()
 
     def _check_adversarial(self) -> None:
-        if self.adversarial_weight < 0 or not 0 <= self.adversarial_start < 1:
-            raise UserError("--adversarial-weight must be >= 0 and --adversarial-start in [0, 1)")
+        if self.adversarial_weight < 0 or not 0 <= self.adversarial_start < 1 or not 0 <= self.adversarial_ramp <= 1:
+            raise UserError("--adversarial-weight must be >= 0, --adversarial-start in [0, 1) and --adversarial-ramp "
+                            "in [0, 1]")
         if self.adversarial_weight > 0 and self.recon_loss == "categorical":
             raise UserError("--adversarial-weight needs an image decoder: use --recon-loss l1 or l2")
 

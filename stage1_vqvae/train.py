@@ -89,7 +89,8 @@ def build_adversary(cfg: VQVAEConfig, total_steps: int, state, device) -> Advers
     if not cfg.adversarial:
         return None
     adversary = Adversary(cfg.adversarial_weight, round(cfg.adversarial_start * total_steps),
-                          cfg.discriminator_channels, cfg.discriminator_layers, cfg.discriminator_lr, device)
+                          cfg.discriminator_channels, cfg.discriminator_layers, cfg.discriminator_lr, device,
+                          ramp_steps=round(cfg.adversarial_ramp * total_steps))
     if state is not None and "adversary" in state:
         adversary.load_state_dict(state["adversary"])
     return adversary
@@ -130,7 +131,8 @@ def train_epoch(model, optimization, images, cfg, device, progress, stop, advers
         with autocast(device, cfg.precision):
             x_hat, loss, parts = model(x)
             if adversary is not None:
-                adversarial, logged["adversarial_weight"] = adversary.generator_term(x_hat, parts["recon"], last_layer, step)
+                adversarial, logged["adversarial_weight"] = adversary.generator_term(x_hat, parts["recon"], last_layer,
+                                                                                     step)
                 loss = loss + adversarial
         loss_value = optimize(loss, model, optimization, progress, recon=parts["recon"], **logged)
         if adversary is not None:

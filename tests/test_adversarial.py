@@ -55,6 +55,13 @@ def test_before_the_start_step_the_decoder_gets_no_adversarial_term_and_the_disc
     assert not torch.equal(before["net.0.weight"], adversary.discriminator.state_dict()["net.0.weight"])
 
 
+def test_the_ramp_raises_the_decoders_share_of_the_weight_linearly_from_the_start_step():
+    ramped = Adversary(0.5, start_step=10, channels=4, layers=1, lr=1e-3, device=CPU, ramp_steps=4)
+    assert [ramped.ramp(step) for step in (0, 9, 10, 11, 13, 100)] == [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+    at_once = Adversary(0.5, start_step=10, channels=4, layers=1, lr=1e-3, device=CPU)
+    assert [at_once.ramp(step) for step in (9, 10)] == [0.0, 1.0]
+
+
 def test_the_hinge_loss_is_zero_beyond_the_margin_and_the_discriminator_gives_a_logit_per_patch():
     assert hinge_discriminator_loss(torch.full((2, 1, 3, 3), 1.5), torch.full((2, 1, 3, 3), -2.0)).item() == 0.0
     assert hinge_discriminator_loss(torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3, 3)).item() == 1.0
@@ -63,7 +70,7 @@ def test_the_hinge_loss_is_zero_beyond_the_margin_and_the_discriminator_gives_a_
 
 
 def test_bad_adversarial_flags_are_refused():
-    for flags in [dict(adversarial_weight=-1.0), dict(adversarial_start=1.0),
+    for flags in [dict(adversarial_weight=-1.0), dict(adversarial_start=1.0), dict(adversarial_ramp=1.5),
                   dict(adversarial_weight=0.5, recon_loss="categorical")]:
         with pytest.raises(UserError):
             VQVAEConfig(**flags)

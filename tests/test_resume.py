@@ -22,9 +22,9 @@ from tests.conftest import ROOT
 STAGE1 = ["-m", "stage1_vqvae.train", "--dataset", "shapes", "--shapes-train", "4096", "--shapes-test", "64",
           "--codebook-size", "32", "--hidden-channels", "16", "--batch-size", "16", "--epochs", "3", "--device", "cpu"]
 # the adversarial stage 1 at 16 px: its classifier (trained once, then copied into each run folder) takes seconds
-STAGE1_ADVERSARIAL = [*STAGE1[:STAGE1.index("--shapes-train")], "--shapes-train", "2048", *STAGE1[STAGE1.index("--shapes-test"):],
-                      "--image-size", "16", "--adversarial-weight", "0.5", "--adversarial-start", "0.2",
-                      "--discriminator-channels", "8"]
+STAGE1_ADVERSARIAL = [*STAGE1[:STAGE1.index("--shapes-train")], "--shapes-train", "2048",
+                      *STAGE1[STAGE1.index("--shapes-test"):], "--image-size", "16", "--adversarial-weight", "0.5",
+                      "--adversarial-start", "0.2", "--adversarial-ramp", "0.2", "--discriminator-channels", "8"]
 STAGE2 = ["-m", "stage2_prior.train", "--hidden-channels", "16", "--layers", "2", "--batch-size", "32", "--weight-ema", "0.9",
           "--class-conditional", "--label-dropout", "0.3", "--epochs", "3", "--device", "cpu"]  # labels dropped resumably
 

@@ -125,3 +125,20 @@ def test_judge_samples_0_skips_the_classifier(tmp_path, small_pictures, capsys):
     with pytest.raises(SystemExit) as info:
         evaluate.main(["--run-dir", str(run), "--judge-samples", "1"])
     assert info.value.code == 1 and "--judge-samples" in capsys.readouterr().err
+
+
+def test_the_classifiers_train_on_every_core_while_sampling_keeps_threads_1(tmp_path, small_pictures, monkeypatch):
+    threads_seen = []
+    train = classifier.train_classifier
+
+    def spy(*args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "train_classifier", spy)
+    monkeypatch.setattr(evaluate, "TRAINING_THREADS", 3)
+    before = torch.get_num_threads()
+    run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True)
+    evaluate_tiny(run, "--judge-samples", "6", "--threads", "1")
+    assert threads_seen == [3, 3]  # the run's classifier, then GAN-train's
+    assert torch.get_num_threads() == before

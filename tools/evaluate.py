@@ -42,6 +42,9 @@ from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_feat
 
 PICTURE_SAMPLES = 64
 RECON_IMAGES = 20  # about this many test images in recon.png, spread over the classes
+# the classifiers train on every core whatever --threads says (measured: a 45,000-image classifier on one thread of
+# the 2-core CPU took over 15 minutes); --threads is for sampling, many small steps
+TRAINING_THREADS = torch.get_num_threads()
 PER_CLASS_ROW = 10  # samples per row of classes.png
 FEATURE_BATCH = 100
 
@@ -173,11 +176,14 @@ def judge_figures(run, test, codes, args, device, out_dir: Path) -> tuple:
     train = load_images(run, "train", args.dataset, args.data_dir)
     dataset, data_dir = data_source(run, args.dataset, args.data_dir)
     classes = max(run.meta["num_classes"], int(train.labels.max()) + 1)
-    judge = cached_classifier(out_dir / "classifier.pt", train.images, train.labels, classes, device,
-                              also_at=(run.run_dir / "vqvae" / "classifier.pt",), **classifier_source(dataset, data_dir))
+    stage1_classifier = run.run_dir / "vqvae" / "classifier.pt"  # an adversarial stage 1's, if trained on the same
+    with cpu_threads(TRAINING_THREADS):
+        judge = cached_classifier(out_dir / "classifier.pt", train.images, train.labels, classes, device,
+                                  also_at=(stage1_classifier,), **classifier_source(dataset, data_dir))
     labels = choose_labels(run.prior, None, n, device)
     _, samples = draw(run, n, labels, args.seed, args.batch_size, device, args.guidance)
-    figures, unavailable = judge_samples(judge, samples, labels, test.images, test.labels, classes, device)
+    with cpu_threads(TRAINING_THREADS):
+        figures, unavailable = judge_samples(judge, samples, labels, test.images, test.labels, classes, device)
     recon = decode_uint8(run.vqvae, to_device(codes, device), device)
     guidance = None if labels is None else run.prior.guidance_scale(args.guidance)
     return {**figures, "classifier_test_accuracy": accuracy(predict(judge, test.images, device), test.labels),
