@@ -233,7 +233,8 @@ def train(given: dict, fresh: bool) -> None:
                 save_state(out_dir, STAGE, cfg, model, optimization, progress, **extra_state())
                 stop.exit(progress)
             seconds = time.perf_counter() - start
-            val, test = (held_out_figures(model, judge, images[split], labels[split], cfg, device) for split in ("val", "test"))
+            val, test = (held_out_figures(model, judge, images[split], labels[split], cfg, device)
+                         for split in ("val", "test"))
             reported = {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
             key, _, sign = selected_by(cfg)
             is_best = progress.record_epoch(sign * val[key], model, reported)
