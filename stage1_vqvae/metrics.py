@@ -33,19 +33,25 @@ def psnr(mse_unit_range: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict:
+def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str, judge: torch.nn.Module | None = None,
+             labels: torch.Tensor | None = None) -> dict:
     """Held-out loss, MSE and PSNR on the [0, 1] scale, perplexity and codes used over the whole split.
 
     With two levels, codes_used_top/bottom and perplexity_top/bottom are given too; codes_used and
     perplexity are the bottom level's. A categorical decoder's "recon" is its mean negative log-likelihood
-    in nats per sub-pixel, also given as decoder_bits_per_dim (-log2 p(x | z) per sub-pixel).
+    in nats per sub-pixel, also given as decoder_bits_per_dim (-log2 p(x | z) per sub-pixel). With a
+    classifier `judge` and the images' `labels`, "recognised" is the share of reconstructions (as uint8
+    images) it puts in their image's class.
     """
     model.eval()
     totals = {"loss": 0.0, "recon": 0.0, "mse": 0.0}
     counts = [torch.zeros(k, device=device) for k in model.cfg.codebook_sizes]
+    reconstructions = []
     for x in eval_batches(images, eval_batch_size(model.cfg), device):
         with autocast(device, precision):
             x_hat, loss, parts = model(x)
+        if judge is not None:
+            reconstructions.append(to_uint8(x_hat))
         n = x.shape[0]
         totals["loss"] += loss.item() * n
         totals["recon"] += parts["recon"].item() * n
@@ -60,19 +66,9 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str) -> dict
         metrics.update({f"{key}{name_suffix(name)}": value for key, value in count_usage(level_counts).items()})
     if model.levels > 1:
         metrics["perplexity"], metrics["codes_used"] = metrics["perplexity_bottom"], metrics["codes_used_bottom"]
+    if judge is not None:
+        metrics["recognised"] = accuracy(predict(judge, torch.cat(reconstructions), device), labels)
     return metrics
-
-
-@torch.no_grad()
-def recognised(model: VQVAE, judge: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device,
-               precision: str) -> float:
-    """Share of the uint8 `images` whose reconstruction the classifier `judge` puts in the image's class (`labels`)."""
-    model.eval()
-    reconstructions = []
-    for x in eval_batches(images, eval_batch_size(model.cfg), device):
-        with autocast(device, precision):
-            reconstructions.append(to_uint8(model(x)[0]))
-    return accuracy(predict(judge, torch.cat(reconstructions), device), labels)
 
 
 def format_usage(m: dict, perplexity: bool = False) -> str:

@@ -38,7 +38,7 @@ from stage1_vqvae.checkpoint import STAGE, load_vqvae
 from stage1_vqvae.classifier import accuracy, cached_classifier, classifier_source, predict
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.data import load_splits, spread_over_classes, to_model_range, train_batches
-from stage1_vqvae.metrics import evaluate, format_all_metrics, format_metrics, format_usage, levels_text, recognised
+from stage1_vqvae.metrics import evaluate, format_all_metrics, format_metrics, format_usage, levels_text
 from stage1_vqvae.model import VQVAE
 
 PREVIEW_IMAGES = 16  # test images in every recon_epochNNN.png, taken across the classes, the same all run
@@ -100,13 +100,16 @@ def build_judge(cfg: VQVAEConfig, data: Loaded, out_dir: Path, device):
     """The classifier that chooses an adversarial run's epoch, trained on the training images once and cached."""
     if not cfg.adversarial:
         return None
-    path = out_dir / "classifier.pt"
-    arguments = (path, data.images["train"].cpu(), data.labels["train"], data.classes, device)
-    if distributed.is_main():
-        say(f"training the classifier that chooses the epoch (once; cached in {path})")
-        cached_classifier(*arguments, **classifier_source(cfg.dataset, cfg.data_dir))
-    distributed.barrier()
-    return cached_classifier(*arguments, **classifier_source(cfg.dataset, cfg.data_dir))
+    say(f"the classifier that chooses the epoch: {out_dir / 'classifier.pt'} (trained once)")
+    judge = stage1_classifier(cfg, data, out_dir, device) if distributed.is_main() else None
+    distributed.barrier()  # the other ranks load what rank 0 trained and cached
+    return judge if judge is not None else stage1_classifier(cfg, data, out_dir, device)
+
+
+def stage1_classifier(cfg: VQVAEConfig, data: Loaded, out_dir: Path, device):
+    """The classifier of the training images cached in OUT_DIR/classifier.pt, trained there when missing or stale."""
+    return cached_classifier(out_dir / "classifier.pt", data.images["train"].cpu(), data.labels["train"], data.classes,
+                             device, **classifier_source(cfg.dataset, cfg.data_dir))
 
 
 def check_same_split(cfg: VQVAEConfig, note: str) -> VQVAEConfig:
@@ -144,23 +147,6 @@ def train_epoch(model, optimization, images, cfg, device, progress, stop, advers
     return progress.epoch_means()
 
 
-def held_out_figures(model, judge, images, labels, cfg, device) -> dict:
-    """`evaluate`'s figures on one split and, with a judge, the share of reconstructions it puts in their class."""
-    figures = evaluate(model, images, device, cfg.precision)
-    if judge is not None:
-        figures["recognised"] = recognised(model, judge, images, labels, device, cfg.precision)
-    return figures
-
-
-def test_recognised_figures(model, data: Loaded, cfg: VQVAEConfig, out_dir: Path, device) -> dict:
-    """{recognised: the classifier's accuracy on the test reconstructions, recognised_originals: on the images}."""
-    judge = cached_classifier(out_dir / "classifier.pt", data.images["train"].cpu(), data.labels["train"], data.classes,
-                              device, **classifier_source(cfg.dataset, cfg.data_dir))
-    images, labels = data.images["test"], data.labels["test"]
-    return {"recognised": recognised(model, judge, images, labels, device, cfg.precision),
-            "recognised_originals": accuracy(predict(judge, images, device), labels)}
-
-
 def save_preview(model: VQVAE, preview_images: torch.Tensor, path: Path, device) -> torch.Tensor:
     """Save the preview images above their reconstructions; returns the picture (3, H, W) in [0, 1]."""
     model.eval()
@@ -177,10 +163,11 @@ def run_eval_only(args, given: dict) -> None:
     data_flags = {k: v for k, v in given.items() if k in ("dataset", "data_dir", "shapes_train", "shapes_test", "image_size")}
     cfg = config_from(VQVAEConfig, {**vars(model.cfg), **data_flags})
     data = load_data(cfg, device, ("train", "test") if args.recognised else ("test",))
-    test_images, preview = data.images["test"], data.preview
-    metrics = evaluate(model, test_images, device, given.get("precision", cfg.precision))
-    if args.recognised:
-        metrics.update(test_recognised_figures(model, data, cfg, out_dir, device))
+    test_images, test_labels, preview = data.images["test"], data.labels["test"], data.preview
+    judge = stage1_classifier(cfg, data, out_dir, device) if args.recognised else None
+    metrics = evaluate(model, test_images, device, given.get("precision", cfg.precision), judge, test_labels)
+    if judge is not None:
+        metrics["recognised_originals"] = accuracy(predict(judge, test_images, device), test_labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_preview(model, preview, out_dir / "eval_recon.png", device)
     write_json(out_dir / "eval.json", {"checkpoint": str(ckpt_path), "dataset": cfg.dataset, **metrics})
@@ -233,7 +220,7 @@ def train(given: dict, fresh: bool) -> None:
                 save_state(out_dir, STAGE, cfg, model, optimization, progress, **extra_state())
                 stop.exit(progress)
             seconds = time.perf_counter() - start
-            val, test = (held_out_figures(model, judge, images[split], labels[split], cfg, device)
+            val, test = (evaluate(model, images[split], device, cfg.precision, judge, labels[split])
                          for split in ("val", "test"))
             reported = {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
             key, _, sign = selected_by(cfg)
