@@ -1,7 +1,7 @@
 """Load a trained prior from its checkpoint alone (the config travels inside it)."""
 
 from foundation.cli import saved_config_from
-from foundation.files import load_checkpoint
+from foundation.files import load_checkpoint, save_checkpoint
 from foundation.runtime import pick_device
 from stage2_prior.config import PriorConfig
 from stage2_prior.hierarchy import build_prior
@@ -20,3 +20,10 @@ def load_prior(path, device="cpu"):
     model = build_prior(saved_config_from(PriorConfig, ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
+
+
+def store_guidance(path, scale: float) -> None:
+    """Make `scale` the default classifier-free guidance of the prior saved at `path` (rewritten atomically)."""
+    ckpt = load_checkpoint(path, STAGE)
+    extra = {key: value for key, value in ckpt.items() if key not in ("format_version", "stage", "config", "model")}
+    save_checkpoint(path, STAGE, {**ckpt["config"], "guidance": float(scale)}, ckpt["model"], **extra)

@@ -1,7 +1,7 @@
 """Stage-2 configuration: one dataclass, turned into flags by `foundation.cli` and saved in every checkpoint.
 
 Fields marked `cli=False` are not flags: they are read from the encoded dataset's meta.json (`guidance`,
-the default sampling scale, is set once measured on validation).
+the default sampling scale, is stored later by `tools.choose_guidance`, which measures it on validation).
 `--size` picks the capacity by name; `--hidden-channels` and `--layers` override its numbers.
 """
 

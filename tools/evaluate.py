@@ -26,8 +26,8 @@ import torch
 
 from foundation.cli import UserError, main_entry
 from foundation.files import remove_stale_temporaries, write_json
-from foundation.images import labelled_rows, save_comparison, save_grid, save_png, to_uint8
-from foundation.levels import count, take, to_device
+from foundation.images import labelled_rows, save_comparison, save_grid, save_png
+from foundation.levels import take, to_device
 from foundation.runtime import cpu_threads, pick_device
 from stage1_vqvae.classifier import accuracy, cached_classifier, classifier_source, predict
 from stage1_vqvae.data import pick_per_class, to_model_range
@@ -35,7 +35,7 @@ from stage1_vqvae.likelihood import models_likelihood
 from stage1_vqvae.metrics import eval_batch_size, evaluate
 from stage2_prior.data import level_specs, load_codes
 from stage2_prior.metrics import split_bits
-from tools.common.drawing import add_guidance_flag, choose_labels, draw_samples
+from tools.common.drawing import add_guidance_flag, choose_labels, decode_uint8, draw_samples
 from tools.common.finished_run import data_source, load_finished_run, load_images, load_test_images, run_parser
 from tools.common.sample_judge import judge_samples
 from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_features
@@ -99,13 +99,6 @@ def bits_per_dim(run, images: torch.Tensor, codes, prior_bits_per_image: float, 
     figures = {"decoder_bits_per_dim": decoder / dims, "bits_per_dim": (decoder + prior_bits_per_image) / dims,
                "bits_per_dim_uniform_prior": (decoder + uniform_bits(run.meta)[0]) / dims}
     return figures, {}
-
-
-@torch.no_grad()
-def decode_uint8(vqvae, codes, device) -> torch.Tensor:
-    """Code maps (a tuple of levels) -> uint8 images on the CPU, decoded batch by batch."""
-    n, batch = count(codes), eval_batch_size(vqvae.cfg)
-    return torch.cat([to_uint8(vqvae.decode_indices(take(codes, slice(s, s + batch)))).cpu() for s in range(0, n, batch)])
 
 
 def draw(run, n: int, labels, seed: int, batch_size: int, device, guidance: float | None = None):

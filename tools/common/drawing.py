@@ -4,8 +4,10 @@ import torch
 from tqdm import tqdm
 
 from foundation.cli import UserError
-from foundation.levels import concatenate
+from foundation.images import to_uint8
+from foundation.levels import concatenate, count, take
 from foundation.runtime import progress_disabled
+from stage1_vqvae.metrics import eval_batch_size
 
 
 def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | None:
@@ -24,7 +26,7 @@ def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | No
 
 GUIDANCE_HELP = ("classifier-free guidance scale for a class-conditional prior trained with label dropout: "
                  "logits uncond + S * (cond - uncond); 1 = plain conditional, 0 = unconditional "
-                 "(default: the prior's own, 1 until chosen on validation)")
+                 "(default: the prior's own: 1 unless make choose-guidance stored the one validation prefers)")
 
 
 def add_guidance_flag(parser) -> None:
@@ -54,3 +56,10 @@ def draw_samples(prior, labels, n: int, batch_size: int, seed: int, device, temp
         chunk_labels = None if labels is None else labels[start : start + count]
         chunks.append(prior.sample_levels(count, chunk_labels, temperature, top_k, generator, guidance=guidance))
     return concatenate(chunks)
+
+
+@torch.no_grad()
+def decode_uint8(vqvae, codes, device) -> torch.Tensor:
+    """Code maps (a tuple of levels) -> uint8 images on the CPU, decoded batch by batch."""
+    n, batch = count(codes), eval_batch_size(vqvae.cfg)
+    return torch.cat([to_uint8(vqvae.decode_indices(take(codes, slice(s, s + batch)))).cpu() for s in range(0, n, batch)])

@@ -1,0 +1,71 @@
+"""Choosing a class-conditional prior's default guidance scale on validation (`tools.choose_guidance`)."""
+
+import json
+
+import pytest
+
+from stage1_vqvae import classifier
+from stage2_prior.checkpoint import load_prior
+from tests.tiny_run import make_tiny_run, one_thread  # noqa: F401 (autouse)
+from tools import choose_guidance
+
+
+@pytest.fixture(autouse=True)
+def tiny_classifier(monkeypatch):
+    """A narrow classifier trained for a few short epochs: seconds, not minutes."""
+    monkeypatch.setattr(classifier, "WIDTH", 8)
+    monkeypatch.setattr(classifier, "EPOCHS", 2)
+    monkeypatch.setattr(classifier, "BATCH_SIZE", 8)
+
+
+def row(scale, gan_test, gan_train):
+    return {"scale": scale, "gan_test_accuracy": gan_test, "gan_train_accuracy": gan_train}
+
+
+def test_the_rule_takes_the_best_sum_of_gan_test_and_gan_train_and_the_smaller_scale_on_a_tie():
+    assert choose_guidance.chosen_scale([row(1, 0.24, 0.40), row(3, 0.47, 0.37), row(5, 0.57, 0.38)]) == 5
+    assert choose_guidance.chosen_scale([row(1, 0.24, 0.40), row(3, 0.47, 0.37), row(5, 0.50, 0.20)]) == 3
+    assert choose_guidance.chosen_scale([row(2, 0.5, 0.25), row(1, 0.25, 0.5), row(4, 0.5, 0.1)]) == 1
+
+
+def run_choice(run, *flags) -> dict:
+    choose_guidance.main(["--run-dir", str(run), "--device", "cpu", "--judge-samples", "6", *flags])
+    return json.loads((run / "guidance" / "guidance.json").read_text())
+
+
+def test_the_winner_measured_on_validation_becomes_the_priors_default(tmp_path, monkeypatch):
+    run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True)
+    seen = []
+
+    def judged(judge, samples, labels, images, image_labels, classes, device):  # scale 3 wins by construction
+        scale = [1.0, 3.0, 5.0][len(seen)]
+        seen.append(images.shape[0])
+        return {"gan_test_accuracy": {1.0: 0.2, 3.0: 0.6, 5.0: 0.7}[scale],
+                "gan_train_accuracy": {1.0: 0.5, 3.0: 0.4, 5.0: 0.1}[scale]}, {}
+
+    monkeypatch.setattr(choose_guidance, "judge_samples", judged)
+    result = run_choice(run, "--scales", "1", "3", "5", "--dry-run")
+    assert result["chosen"] == 3.0 and not result["stored"] and seen == [4, 4, 4]  # the 4 validation shapes
+    assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == 1.0
+    seen.clear()
+    result = run_choice(run, "--scales", "1", "3", "5")
+    assert result["stored"] and result["previous_default"] == 1.0 and result["validation_images"] == 4
+    assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == 3.0
+    assert (run / "guidance" / "guidance.png").stat().st_size > 0
+
+
+def test_real_figures_for_every_scale_and_the_classifier_cached(tmp_path):
+    run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True)
+    result = run_choice(run, "--scales", "1", "2")
+    assert [r["scale"] for r in result["figures"]] == [1.0, 2.0] and result["chosen"] in (1.0, 2.0)
+    for figures in result["figures"]:
+        assert 0 <= figures["gan_test_accuracy"] <= 1 and 0 <= figures["gan_train_accuracy"] <= 1
+    assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == result["chosen"]
+    assert (run / "guidance" / "classifier.pt").is_file()
+
+
+def test_a_prior_that_cannot_be_guided_is_refused_in_one_line(tmp_path, capsys):
+    run = make_tiny_run(tmp_path / "run", recon_loss="l1")
+    with pytest.raises(SystemExit) as info:
+        run_choice(run)
+    assert info.value.code == 1 and "no guidance scale to choose" in capsys.readouterr().err
