@@ -10,7 +10,7 @@ images). Guidance raises GAN-test; past some scale the samples lose variety, whi
 with the highest GAN-test + GAN-train wins (the smaller on a tie) and becomes the `guidance` of
 RUN_DIR/prior/ckpt.pt's config, so sampling, evaluation and completion use it without --guidance
 (--dry-run leaves the prior as it is). OUT_DIR (default RUN_DIR/guidance) gets guidance.json, every figure,
-and guidance.png, one row of samples per scale, one column per class.
+and guidance.png, one row of samples per scale, one column per class (in class order).
 """
 
 from pathlib import Path
@@ -25,7 +25,7 @@ from stage1_vqvae.classifier import cached_classifier, classifier_source
 from stage1_vqvae.data import pick_per_class, to_model_range
 from stage2_prior.checkpoint import store_guidance
 from tools.common.drawing import choose_labels, decode_uint8, draw_samples
-from tools.common.finished_run import data_source, load_finished_run, load_images, run_parser
+from tools.common.finished_run import data_source, load_finished_run, load_image_splits, run_parser
 from tools.common.sample_judge import judge_samples
 
 # the classifiers train on every core whatever --threads says (--threads is for sampling: many small steps)
@@ -51,9 +51,8 @@ def chosen_scale(figures: list) -> float:
     return best["scale"]
 
 
-def run_judge(run, args, device):
+def run_judge(run, train, args, device):
     """The run's classifier of its training images: cached in OUT_DIR, or the one stage 1 or evaluate cached."""
-    train = load_images(run, "train", args.dataset, args.data_dir)
     classes = max(run.meta["num_classes"], int(train.labels.max()) + 1)
     cached = (run.run_dir / "vqvae" / "classifier.pt", run.run_dir / "eval" / "classifier.pt")
     with cpu_threads(TRAINING_THREADS):
@@ -64,8 +63,9 @@ def run_judge(run, args, device):
 
 def measure_scales(run, args, device) -> tuple:
     """([{scale, gan_test_accuracy, gan_train_accuracy, ...}], validation images, [one sample per class per scale])."""
-    judge, classes = run_judge(run, args, device)
-    val = load_images(run, "val", args.dataset, args.data_dir)
+    images = load_image_splits(run, ("train", "val"), args.dataset, args.data_dir)
+    judge, classes = run_judge(run, images["train"], args, device)
+    val = images["val"]
     labels = choose_labels(run.prior, None, args.judge_samples, device)
     one_per_class = pick_per_class(labels.cpu(), 1)
     figures, rows = [], []

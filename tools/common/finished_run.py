@@ -15,7 +15,7 @@ import torch
 from foundation.cli import UserError
 from foundation.files import sha256_file
 from stage1_vqvae.checkpoint import load_vqvae
-from stage1_vqvae.data import ImageSet, load_split
+from stage1_vqvae.data import ImageSet, load_splits
 from stage2_prior.checkpoint import load_prior
 from stage2_prior.data import read_meta
 
@@ -84,11 +84,17 @@ def data_source(run: FinishedRun, dataset: str | None = None, data_dir: str | No
     return dataset or run.meta.get("dataset", cfg.dataset), data_dir or run.meta.get("data_dir", cfg.data_dir)
 
 
-def load_images(run: FinishedRun, split: str, dataset: str | None = None, data_dir: str | None = None) -> ImageSet:
-    """A split ('train', 'test') of the data the codes were encoded from (unless given), at the model's size."""
+def load_image_splits(run: FinishedRun, splits, dataset: str | None = None, data_dir: str | None = None) -> dict:
+    """{split: ImageSet} ('train', 'val', 'test') of the data the codes were encoded from (unless given), at the
+    model's size; the training pool is decoded once for 'train' and 'val'."""
     cfg = run.vqvae.cfg
-    return load_split(*data_source(run, dataset, data_dir), split, (cfg.shapes_train, cfg.shapes_test), cfg.val_size,
-                      cfg.image_size)
+    return load_splits(*data_source(run, dataset, data_dir), tuple(splits), (cfg.shapes_train, cfg.shapes_test),
+                       cfg.val_size, cfg.image_size)
+
+
+def load_images(run: FinishedRun, split: str, dataset: str | None = None, data_dir: str | None = None) -> ImageSet:
+    """One split ('train', 'val', 'test') of the data the codes were encoded from (unless given)."""
+    return load_image_splits(run, (split,), dataset, data_dir)[split]
 
 
 def load_test_images(run: FinishedRun, dataset: str | None = None, data_dir: str | None = None) -> ImageSet:
