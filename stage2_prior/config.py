@@ -1,7 +1,8 @@
 """Stage-2 configuration: one dataclass, turned into flags by `foundation.cli` and saved in every checkpoint.
 
-Fields marked `cli=False` are not flags: they are read from the encoded dataset's meta.json (`guidance`,
-the default sampling scale, is stored later by `tools.choose_guidance`, which measures it on validation).
+Fields marked `cli=False` are not flags: they are read from the encoded dataset's meta.json, except `guidance`,
+the default sampling scale: GUIDED_DEFAULT for a new guidable prior, then the scale `tools.choose_guidance`
+measures on the run's validation images.
 `--size` picks the capacity by name; `--hidden-channels` and `--layers` override its numbers.
 """
 
@@ -14,6 +15,9 @@ from foundation.optimization import OptimizerSettings
 
 # name: (hidden_channels, layers); each one's layers see every earlier code of an 8x8 grid at kernel 3
 SIZES = {"small": (64, 7), "base": (128, 8), "large": (192, 12)}
+# the guidance scale a new class-conditional prior with label dropout samples with until `make choose-guidance`
+# measures its own: the one validation chose on the CIFAR-10 subset's codes (RESULTS.md)
+GUIDED_DEFAULT = 4.0
 
 
 @dataclass
@@ -64,6 +68,11 @@ class PriorConfig(TrainingFlags):
     stage1_checkpoint: str = derived("")
     stage1_sha256: str = derived("")
     guidance: float = derived(1.0)  # the classifier-free guidance scale sampling uses by default (1: none)
+
+    @property
+    def guidable(self) -> bool:
+        """A class-conditional prior that learns a 'no class' label: classifier-free guidance can steer it."""
+        return self.class_conditional and self.label_dropout > 0
 
     def __post_init__(self):
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:  # the causal padding needs a centre column

@@ -22,7 +22,8 @@ def level_configs(cfg: PriorConfig) -> tuple:
     """(top prior's config, bottom prior's config) of a two-level prior's config."""
     top = dataclasses.replace(cfg, levels=1, codebook_size=cfg.top_codebook_size, grid_height=cfg.top_grid_height,
                               grid_width=cfg.top_grid_width)
-    bottom = dataclasses.replace(cfg, levels=1, class_conditional=False, condition_codebook_size=cfg.top_codebook_size)
+    bottom = dataclasses.replace(cfg, levels=1, class_conditional=False, condition_codebook_size=cfg.top_codebook_size,
+                                 guidance=1.0)  # guidance steers the top map only
     return top, bottom
 
 

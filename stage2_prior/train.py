@@ -30,7 +30,7 @@ from foundation.runtime import autocast, configure_backend, maybe_compile, pick_
 from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
                                   save_state, say, train_in_process_group, write_config)
 from stage2_prior.checkpoint import STAGE
-from stage2_prior.config import PriorConfig
+from stage2_prior.config import GUIDED_DEFAULT, PriorConfig
 from stage2_prior.data import level_specs, load_splits, read_meta
 from stage2_prior.hierarchy import build_prior, level_configs
 from stage2_prior.metrics import labels_or_none, split_bits
@@ -62,6 +62,7 @@ def with_meta(cfg: PriorConfig, meta: dict) -> PriorConfig:
         num_classes=meta["num_classes"],
         stage1_checkpoint=meta.get("stage1_checkpoint", ""),
         stage1_sha256=meta["stage1_sha256"],
+        guidance=GUIDED_DEFAULT if cfg.guidable else 1.0,
     )
 
 

@@ -3,9 +3,14 @@
 import json
 
 import pytest
+import torch
 
 from stage1_vqvae import classifier
 from stage2_prior.checkpoint import load_prior
+from stage2_prior.config import GUIDED_DEFAULT
+from stage2_prior.data import read_meta
+from stage2_prior.train import with_meta
+from tests.conftest import tiny_prior_config
 from tests.tiny_run import make_tiny_run, one_thread  # noqa: F401 (autouse)
 from tools import choose_guidance
 
@@ -28,6 +33,14 @@ def test_the_rule_takes_the_best_sum_of_gan_test_and_gan_train_and_the_smaller_s
     assert choose_guidance.chosen_scale([row(2, 0.5, 0.25), row(1, 0.25, 0.5), row(4, 0.5, 0.1)]) == 1
 
 
+def test_a_new_guidable_prior_samples_with_the_default_scale_until_one_is_chosen(tmp_path):
+    run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True)  # configured by with_meta
+    assert GUIDED_DEFAULT != 1.0 and load_prior(run / "prior" / "ckpt.pt").guidance_scale() == GUIDED_DEFAULT
+    meta = read_meta(run / "codes")
+    assert with_meta(tiny_prior_config(True, label_dropout=0.0), meta).guidance == 1.0  # nothing to guide with
+    assert with_meta(tiny_prior_config(False), meta).guidance == 1.0
+
+
 def run_choice(run, *flags) -> dict:
     choose_guidance.main(["--run-dir", str(run), "--device", "cpu", "--judge-samples", "6", *flags])
     return json.loads((run / "guidance" / "guidance.json").read_text())
@@ -46,22 +59,25 @@ def test_the_winner_measured_on_validation_becomes_the_priors_default(tmp_path, 
     monkeypatch.setattr(choose_guidance, "judge_samples", judged)
     result = run_choice(run, "--scales", "1", "3", "5", "--dry-run")
     assert result["chosen"] == 3.0 and not result["stored"] and seen == [4, 4, 4]  # the 4 validation shapes
-    assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == 1.0
+    assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == GUIDED_DEFAULT
     seen.clear()
     result = run_choice(run, "--scales", "1", "3", "5")
-    assert result["stored"] and result["previous_default"] == 1.0 and result["validation_images"] == 4
+    assert result["stored"] and result["previous_default"] == GUIDED_DEFAULT and result["validation_images"] == 4
     assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == 3.0
     assert (run / "guidance" / "guidance.png").stat().st_size > 0
 
 
-def test_real_figures_for_every_scale_and_the_classifier_cached(tmp_path):
-    run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True)
+@pytest.mark.parametrize("levels", [1, 2])
+def test_real_figures_for_every_scale_and_the_classifier_cached(tmp_path, levels):
+    run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True, levels=levels)
     result = run_choice(run, "--scales", "1", "2")
     assert [r["scale"] for r in result["figures"]] == [1.0, 2.0] and result["chosen"] in (1.0, 2.0)
     for figures in result["figures"]:
         assert 0 <= figures["gan_test_accuracy"] <= 1 and 0 <= figures["gan_train_accuracy"] <= 1
-    assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == result["chosen"]
-    assert (run / "guidance" / "classifier.pt").is_file()
+    prior = load_prior(run / "prior" / "ckpt.pt")
+    assert prior.guidance_scale() == result["chosen"] and (run / "guidance" / "classifier.pt").is_file()
+    maps = prior.sample_levels(3, torch.tensor([0, 1, 2]))  # with two levels the stored scale guides the top map only
+    assert len(maps) == levels and all(m.shape[0] == 3 for m in maps)
 
 
 def test_a_prior_that_cannot_be_guided_is_refused_in_one_line(tmp_path, capsys):

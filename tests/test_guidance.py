@@ -88,7 +88,7 @@ def rows_run(model, **kwargs) -> set:
 def test_scale_one_is_plain_conditional_sampling_in_one_pass(naive):
     model = guided_prior()
     expected = plain_conditional(model, 6, LABELS, 0.8, 6, seed=3)
-    for guidance in (None, 1.0):  # None: the config's default, 1 until chosen on validation
+    for guidance in (None, 1.0):  # None: the config's default, 1 in a config not made by with_meta
         got = model.sample(6, LABELS, 0.8, 6, torch.Generator().manual_seed(3), naive=naive, guidance=guidance)
         assert torch.equal(got, expected)
     assert rows_run(model, naive=naive, guidance=1.0) == {6}

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from stage2_prior.config import GUIDED_DEFAULT
 from tests.tiny_run import make_tiny_run, one_thread  # noqa: F401 (autouse)
 from tools import evaluate
 from stage1_vqvae import classifier
@@ -98,9 +99,9 @@ def test_a_class_conditional_run_gets_gan_test_and_gan_train(tmp_path, small_pic
                 "sample_mean_confidence"]:
         assert 0 <= results[key] <= 1, key
     assert 0 <= results["sample_class_entropy_bits"] <= math.log2(3) + 1e-9
-    assert results["judge_samples"] == 9 and results["guidance"] == 1.0
+    assert results["judge_samples"] == 9 and results["guidance"] == GUIDED_DEFAULT  # a new prior's default
     out = capsys.readouterr().out
-    assert "GAN-test, GAN-train" in out and "(9 samples, guidance 1.0)" in out
+    assert "GAN-test, GAN-train" in out and f"(9 samples, guidance {GUIDED_DEFAULT})" in out
     cached = (run / "eval" / "classifier.pt").stat().st_mtime_ns
     assert evaluate_tiny(run, "--judge-samples", "9") == results  # the cached classifier, the same samples
     assert (run / "eval" / "classifier.pt").stat().st_mtime_ns == cached
