@@ -1,7 +1,10 @@
 """Load a trained prior from its checkpoint alone (the config travels inside it)."""
 
+import json
+from pathlib import Path
+
 from foundation.cli import saved_config_from
-from foundation.files import load_checkpoint, save_checkpoint
+from foundation.files import load_checkpoint, save_checkpoint, write_json
 from foundation.runtime import pick_device
 from stage2_prior.config import PriorConfig
 from stage2_prior.hierarchy import build_prior
@@ -23,7 +26,12 @@ def load_prior(path, device="cpu"):
 
 
 def store_guidance(path, scale: float) -> None:
-    """Make `scale` the default classifier-free guidance of the prior saved at `path` (rewritten atomically)."""
+    """Make `scale` the default classifier-free guidance of the prior saved at `path` (rewritten atomically), and
+    of the config.json beside it when there is one."""
+    path = Path(path)
     ckpt = load_checkpoint(path, STAGE)
     extra = {key: value for key, value in ckpt.items() if key not in ("format_version", "stage", "config", "model")}
     save_checkpoint(path, STAGE, {**ckpt["config"], "guidance": float(scale)}, ckpt["model"], **extra)
+    beside = path.parent / "config.json"
+    if beside.is_file():
+        write_json(beside, {**json.loads(beside.read_text()), "guidance": float(scale)})

@@ -48,22 +48,28 @@ def run_choice(run, *flags) -> dict:
 
 def test_the_winner_measured_on_validation_becomes_the_priors_default(tmp_path, monkeypatch):
     run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True)
-    seen = []
+    seen, scales = [], []
 
-    def judged(judge, samples, labels, images, image_labels, classes, device):  # scale 3 wins by construction
-        scale = [1.0, 3.0, 5.0][len(seen)]
+    def judged(judge, samples, labels, images, image_labels, classes, device):  # 3 wins, then 5 over 1, by construction
+        scale = scales.pop(0)
         seen.append(images.shape[0])
         return {"gan_test_accuracy": {1.0: 0.2, 3.0: 0.6, 5.0: 0.7}[scale],
                 "gan_train_accuracy": {1.0: 0.5, 3.0: 0.4, 5.0: 0.1}[scale]}, {}
 
     monkeypatch.setattr(choose_guidance, "judge_samples", judged)
+    scales[:] = [1.0, 3.0, 5.0]
     result = run_choice(run, "--scales", "1", "3", "5", "--dry-run")
     assert result["chosen"] == 3.0 and not result["stored"] and seen == [4, 4, 4]  # the 4 validation shapes
     assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == GUIDED_DEFAULT
-    seen.clear()
+    scales[:] = [1.0, 3.0, 5.0]
     result = run_choice(run, "--scales", "1", "3", "5")
     assert result["stored"] and result["previous_default"] == GUIDED_DEFAULT and result["validation_images"] == 4
     assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == 3.0
+    (run / "prior" / "config.json").write_text(json.dumps({"guidance": 3.0, "lr": 0.001}))
+    scales[:] = [5.0, 1.0]
+    run_choice(run, "--scales", "5", "1")  # 5 beats 1
+    assert load_prior(run / "prior" / "ckpt.pt").guidance_scale() == 5.0
+    assert json.loads((run / "prior" / "config.json").read_text()) == {"guidance": 5.0, "lr": 0.001}
     assert (run / "guidance" / "guidance.png").stat().st_size > 0
 
 
