@@ -196,5 +196,5 @@ def test_complete_and_evaluate_pass_guidance(tmp_path, monkeypatch):
     complete.main(["--run-dir", str(run), "--n-images", "2", "--n-completions", "1", "--device", "cpu",
                    "--guidance", "1.5"])
     args = evaluate.parse_args(["--run-dir", str(run), "--guidance", "3"])
-    evaluate.draw(load_finished_run(run, "cpu"), 2, torch.tensor([0, 1]), 0, 2, "cpu", args.guidance)
+    evaluate.draw_images(load_finished_run(run, "cpu"), 2, torch.tensor([0, 1]), 0, 2, "cpu", args.guidance)
     assert scales == [1.5, 3.0]

@@ -137,7 +137,7 @@ def test_the_classifiers_train_on_every_core_while_sampling_keeps_threads_1(tmp_
         return train(*args, **kwargs)
 
     monkeypatch.setattr(classifier, "train_classifier", spy)
-    monkeypatch.setattr(evaluate, "TRAINING_THREADS", 3)
+    monkeypatch.setattr(sample_judge, "TRAINING_THREADS", 3)
     before = torch.get_num_threads()
     run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True)
     evaluate_tiny(run, "--judge-samples", "6", "--threads", "1")

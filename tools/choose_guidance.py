@@ -15,21 +15,16 @@ and guidance.png, one row of samples per scale, one column per class (in class o
 
 from pathlib import Path
 
-import torch
-
 from foundation.cli import UserError, main_entry
 from foundation.files import remove_stale_temporaries, write_json
 from foundation.images import labelled_rows, save_png
 from foundation.runtime import cpu_threads, pick_device
-from stage1_vqvae.classifier import cached_classifier, classifier_source
 from stage1_vqvae.data import pick_per_class, to_model_range
 from stage2_prior.checkpoint import store_guidance
-from tools.common.drawing import choose_labels, decode_uint8, draw_samples
+from tools.common.drawing import choose_labels, draw_images
 from tools.common.finished_run import data_source, load_finished_run, load_image_splits, run_parser
-from tools.common.sample_judge import judge_samples
+from tools.common.sample_judge import judge_samples, run_classifier
 
-# the classifiers train on every core whatever --threads says (--threads is for sampling: many small steps)
-TRAINING_THREADS = torch.get_num_threads()
 RULE = "the highest GAN-test + GAN-train on the validation images (the smaller scale on a tie)"
 
 
@@ -51,29 +46,18 @@ def chosen_scale(figures: list) -> float:
     return best["scale"]
 
 
-def run_judge(run, train, args, device):
-    """The run's classifier of its training images: cached in OUT_DIR, or the one stage 1 or evaluate cached."""
-    classes = max(run.meta["num_classes"], int(train.labels.max()) + 1)
-    cached = (run.run_dir / "vqvae" / "classifier.pt", run.run_dir / "eval" / "classifier.pt")
-    with cpu_threads(TRAINING_THREADS):
-        judge = cached_classifier(Path(args.out_dir) / "classifier.pt", train.images, train.labels, classes, device,
-                                  also_at=cached, **classifier_source(*data_source(run, args.dataset, args.data_dir)))
-    return judge, classes
-
-
 def measure_scales(run, args, device) -> tuple:
     """([{scale, gan_test_accuracy, gan_train_accuracy, ...}], validation images, [one sample per class per scale])."""
     images = load_image_splits(run, ("train", "val"), args.dataset, args.data_dir)
-    judge, classes = run_judge(run, images["train"], args, device)
+    judge, classes = run_classifier(run, images["train"], args.out_dir, *data_source(run, args.dataset, args.data_dir),
+                                    device)
     val = images["val"]
     labels = choose_labels(run.prior, None, args.judge_samples, device)
     one_per_class = pick_per_class(labels.cpu(), 1)
     figures, rows = [], []
     for scale in args.scales:
-        codes = draw_samples(run.prior, labels, args.judge_samples, args.batch_size, args.seed, device, guidance=scale)
-        samples = decode_uint8(run.vqvae, codes, device)
-        with cpu_threads(TRAINING_THREADS):
-            judged, _ = judge_samples(judge, samples, labels, val.images, val.labels, classes, device)
+        _, samples = draw_images(run, args.judge_samples, labels, args.seed, args.batch_size, device, scale)
+        judged, _ = judge_samples(judge, samples, labels, val.images, val.labels, classes, device)
         figures.append({"scale": scale, **judged})
         rows.append(to_model_range(samples[one_per_class]))
         print(f"guidance {scale:g}: GAN-test {judged['gan_test_accuracy']:.3f}, "

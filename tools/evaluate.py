@@ -15,7 +15,7 @@ uniform prior (log2 K bits per code) shows what the prior gains. Only a categori
 eval.json's "unavailable". FID and KID compare --n-samples samples with the test images through the
 optional Inception features (`pip install -e '.[metrics]'`); without them, one line says so and
 everything else is written. A small classifier trained on the real training images (cached in
-OUT_DIR/classifier.pt; stage 1's vqvae/classifier.pt serves when it was trained on the same images) judges
+OUT_DIR/classifier.pt; one stage 1 or choose_guidance cached in the run serves when trained on the same images) judges
 the reconstructions and --judge-samples samples: GAN-test and GAN-train (`tools.common.sample_judge`).
 """
 
@@ -29,22 +29,19 @@ from foundation.files import remove_stale_temporaries, write_json
 from foundation.images import labelled_rows, save_comparison, save_grid, save_png
 from foundation.levels import take, to_device
 from foundation.runtime import cpu_threads, pick_device
-from stage1_vqvae.classifier import accuracy, cached_classifier, classifier_source, predict
+from stage1_vqvae.classifier import accuracy, predict
 from stage1_vqvae.data import pick_per_class, to_model_range
 from stage1_vqvae.likelihood import models_likelihood
 from stage1_vqvae.metrics import eval_batch_size, evaluate
 from stage2_prior.data import level_specs, load_codes
 from stage2_prior.metrics import split_bits
-from tools.common.drawing import add_guidance_flag, choose_labels, decode_uint8, draw_samples
+from tools.common.drawing import add_guidance_flag, choose_labels, decode_uint8, draw_images
 from tools.common.finished_run import data_source, load_finished_run, load_images, load_test_images, run_parser
-from tools.common.sample_judge import judge_samples
+from tools.common.sample_judge import judge_samples, run_classifier
 from tools.common.sample_metrics import Unavailable, fid_and_kid, inception_features
 
 PICTURE_SAMPLES = 64
 RECON_IMAGES = 20  # about this many test images in recon.png, spread over the classes
-# the classifiers train on every core whatever --threads says (measured: a 45,000-image classifier on one thread of
-# the 2-core CPU took over 15 minutes); --threads is for sampling, many small steps
-TRAINING_THREADS = torch.get_num_threads()
 PER_CLASS_ROW = 10  # samples per row of classes.png
 FEATURE_BATCH = 100
 
@@ -101,12 +98,6 @@ def bits_per_dim(run, images: torch.Tensor, codes, prior_bits_per_image: float, 
     return figures, {}
 
 
-def draw(run, n: int, labels, seed: int, batch_size: int, device, guidance: float | None = None):
-    """n samples (codes, uint8 images), drawn batch by batch from one seeded generator (as tools.sample does)."""
-    codes = draw_samples(run.prior, labels, n, batch_size, seed, device, guidance=guidance)
-    return codes, decode_uint8(run.vqvae, codes, device)
-
-
 def save_pictures(run, test, args, out_dir: Path, device, sample_images: torch.Tensor) -> list:
     """recon.png, samples.png and, for a class-conditional prior, classes.png; returns their paths."""
     classes = max(1, int(test.labels.max()) + 1)
@@ -125,7 +116,7 @@ def class_rows(run, args, device):
     """One labelled row of samples per class, as a picture."""
     names = run.class_names()
     labels = torch.arange(len(names), device=device).repeat_interleave(PER_CLASS_ROW)
-    _, images = draw(run, labels.shape[0], labels, args.seed, args.batch_size, device, args.guidance)
+    _, images = draw_images(run, labels.shape[0], labels, args.seed, args.batch_size, device, args.guidance)
     rows = [to_model_range(images[c * PER_CLASS_ROW : (c + 1) * PER_CLASS_ROW]) for c in range(len(names))]
     return labelled_rows(rows, names)
 
@@ -149,7 +140,7 @@ def sample_figures(run, test_images: torch.Tensor, args, device) -> tuple:
     """({fid, kid, kid_std, n_samples}, {key: why it is null}, the sample images (uint8))."""
     extract, why = inception_or_reason(args, device)
     n = args.n_samples if extract else PICTURE_SAMPLES
-    _, images = draw(run, n, choose_labels(run.prior, None, n, device), args.seed, args.batch_size, device,
+    _, images = draw_images(run, n, choose_labels(run.prior, None, n, device), args.seed, args.batch_size, device,
                      args.guidance)
     if extract is None:
         return {"fid": None, "kid": None, "n_samples": 0}, {"fid": why, "kid": why}, images
@@ -167,16 +158,10 @@ def judge_figures(run, test, codes, args, device, out_dir: Path) -> tuple:
         skipped = {**dict.fromkeys(JUDGE_KEYS), "judge_samples": 0, "guidance": None}
         return skipped, dict.fromkeys(JUDGE_KEYS, "--judge-samples 0")
     train = load_images(run, "train", args.dataset, args.data_dir)
-    dataset, data_dir = data_source(run, args.dataset, args.data_dir)
-    classes = max(run.meta["num_classes"], int(train.labels.max()) + 1)
-    stage1_classifier = run.run_dir / "vqvae" / "classifier.pt"  # an adversarial stage 1's, if trained on the same
-    with cpu_threads(TRAINING_THREADS):
-        judge = cached_classifier(out_dir / "classifier.pt", train.images, train.labels, classes, device,
-                                  also_at=(stage1_classifier,), **classifier_source(dataset, data_dir))
+    judge, classes = run_classifier(run, train, out_dir, *data_source(run, args.dataset, args.data_dir), device)
     labels = choose_labels(run.prior, None, n, device)
-    _, samples = draw(run, n, labels, args.seed, args.batch_size, device, args.guidance)
-    with cpu_threads(TRAINING_THREADS):
-        figures, unavailable = judge_samples(judge, samples, labels, test.images, test.labels, classes, device)
+    _, samples = draw_images(run, n, labels, args.seed, args.batch_size, device, args.guidance)
+    figures, unavailable = judge_samples(judge, samples, labels, test.images, test.labels, classes, device)
     recon = decode_uint8(run.vqvae, to_device(codes, device), device)
     guidance = None if labels is None else run.prior.guidance_scale(args.guidance)
     return {**figures, "classifier_test_accuracy": accuracy(predict(judge, test.images, device), test.labels),

@@ -1,4 +1,5 @@
-"""Drawing code maps from a trained prior, batch by batch: shared by `tools.sample` and `tools.evaluate`."""
+"""Drawing code maps from a trained prior, batch by batch: shared by `tools.sample`, `tools.evaluate` and
+`tools.choose_guidance`."""
 
 import torch
 from tqdm import tqdm
@@ -64,3 +65,9 @@ def decode_uint8(vqvae, codes, device) -> torch.Tensor:
     """Code maps (a tuple of levels) -> uint8 images on the CPU, decoded batch by batch."""
     n, batch = count(codes), eval_batch_size(vqvae.cfg)
     return torch.cat([to_uint8(vqvae.decode_indices(take(codes, slice(s, s + batch)))).cpu() for s in range(0, n, batch)])
+
+
+def draw_images(run, n: int, labels, seed: int, batch_size: int, device, guidance: float | None = None) -> tuple:
+    """n samples of a finished run (codes, uint8 images), drawn as `draw_samples` does, decoded by its VQ-VAE."""
+    codes = draw_samples(run.prior, labels, n, batch_size, seed, device, guidance=guidance)
+    return codes, decode_uint8(run.vqvae, codes, device)
