@@ -16,8 +16,8 @@ from foundation.optimization import OptimizerSettings
 # name: (hidden_channels, layers); each one's layers see every earlier code of an 8x8 grid at kernel 3
 SIZES = {"small": (64, 7), "base": (128, 8), "large": (192, 12)}
 # the guidance scale a new class-conditional prior with label dropout samples with until `make choose-guidance`
-# measures its own: the one validation chose on the CIFAR-10 subset's codes (RESULTS.md)
-GUIDED_DEFAULT = 4.0
+# measures its own: the one validation chose on the subset's codes and on the full-scale CIFAR-10 (JPEG) ones (RESULTS.md)
+GUIDED_DEFAULT = 5.0
 
 
 @dataclass
