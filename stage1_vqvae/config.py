@@ -60,7 +60,7 @@ class VQVAEConfig(TrainingFlags):
     # training
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
-    lr: float = opt(4e-3, "peak Adam learning rate (chosen at full scale on validation; the subset runs used 2e-3)")
+    lr: float = opt(4e-3, "peak Adam learning rate")  # chosen on the full-scale validation images (RESULTS.md)
     seed: int = opt(0, "seed for initialisation, shuffling and augmentation")
     tensorboard: bool = opt(False, TENSORBOARD_HELP.format(what="losses, PSNR, codes used and reconstructions"))
     # recorded by the run
