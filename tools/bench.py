@@ -11,7 +11,8 @@ encoding img/s, prior training maps/s (bare steps, and the training command itse
 evaluation and bookkeeping), and sampling grids/s at batch 64, naive and cached; then
 stage-1 training img/s at 64 and 128 px (two levels), and sampling grids/s of a bottom prior
 conditioned on a top map, naive and cached, for 16x16 and 32x32 bottom grids (batch 16), and of a
-prior with attention blocks, naive and cached, at 8x8 (batch 64) and 16x16 (batch 16).
+prior with attention blocks, naive and cached, at 8x8 (batch 64) and 16x16 (batch 16); last, what attention
+costs in training: bare prior steps at 8x8 and 16x16, gated only and with attention blocks.
 Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RSS on CPU.
 """
 
@@ -34,8 +35,8 @@ from stage1_vqvae.data import make_shapes, to_model_range, train_batches
 from stage1_vqvae.model import VQVAE
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
-from tools.common.efficiency import (arithmetic_report, attention_sampling_rate, device_name, median_rate,
-                                     peak_memory_mb, prior_command_rate, reset_peak)
+from tools.common.efficiency import (ATTENTION_BLOCKS, arithmetic_report, attention_sampling_rate, device_name,
+                                     median_rate, peak_memory_mb, prior_command_rate, reset_peak)
 
 BATCH = 128
 SAMPLE_BATCH = 64
@@ -145,9 +146,9 @@ def bench_encode(images_u8, device, args) -> float:
     return median_rate(work, resident.shape[0], args.repeats, device)
 
 
-def prior_training(device, args, compile_setting, batches: int):
-    """A function that trains `batches` bare prior steps (default size, random 8x8 maps), as stage2_prior.train does."""
-    cfg = PriorConfig()
+def prior_training(device, args, compile_setting, batches: int, side: int = 8, attention_layers: int = 0):
+    """A function that trains `batches` bare prior steps (default size, random side x side maps), as stage2_prior.train does."""
+    cfg = PriorConfig(grid_height=side, grid_width=side, attention_layers=attention_layers)
     model = GatedPixelCNN(cfg).to(device, memory_format=torch.channels_last).train()
     maybe_compile([model], compile_setting, device)
     optimizer = Optimization.build(model, cfg.optimizer_settings(), 10**6, device)
@@ -163,9 +164,10 @@ def prior_training(device, args, compile_setting, batches: int):
     return work
 
 
-def bench_prior_training(device, args, compile_setting) -> float:
-    work = prior_training(device, args, compile_setting, batches=8)
-    return median_rate(work, BATCH * 8, args.repeats, device, warmup=3 if compile_setting else 1)
+def bench_prior_training(device, args, compile_setting, side: int = 8, attention_layers: int = 0) -> float:
+    batches = max(1, 8 * 64 // side**2)  # as many codes per call at every grid size
+    work = prior_training(device, args, compile_setting, batches, side, attention_layers)
+    return median_rate(work, BATCH * batches, args.repeats, device, warmup=3 if compile_setting else 1)
 
 
 def arithmetic(images, device, args, compile_setting) -> dict:
@@ -237,6 +239,10 @@ def full_plan(images, device, args, compile_setting) -> list:
     for side, batch in ((8, SAMPLE_BATCH), (16, CONDITIONED_BATCH)):
         plan += [(f"attention_{side}x{side}_{kind}_grids_per_s", lambda side=side, batch=batch, naive=kind == "naive":
                   attention_sampling_rate(device, side, batch, naive, args.repeats)) for kind in ("cached", "naive")]
+    for side in (8, 16):
+        plan += [(f"prior_train_{side}x{side}_{kind}_maps_per_s", lambda side=side, blocks=blocks:
+                  bench_prior_training(device, args, compile_setting, side, blocks))
+                 for kind, blocks in (("gated", 0), ("attention", ATTENTION_BLOCKS))]
     return plan
 
 
@@ -248,6 +254,9 @@ def speedups(results: dict) -> dict:
         name = f"{kind}_{side}x{side}"
         cached, naive = results[f"{name}_cached_grids_per_s"], results[f"{name}_naive_grids_per_s"]
         ratios[f"{name}_speedup_cached_vs_naive"] = cached / naive
+    for side in (8, 16):  # a training step's time with attention blocks, as a multiple of the gated-only step's
+        rates = [results[f"prior_train_{side}x{side}_{kind}_maps_per_s"] for kind in ("gated", "attention")]
+        ratios[f"attention_{side}x{side}_training_cost"] = rates[0] / rates[1]
     return ratios
 
 
@@ -274,7 +283,9 @@ def main(argv=None):
           f"conditioned 16x16: {results['conditioned_16x16_speedup_cached_vs_naive']:.1f}x, "
           f"32x32: {results['conditioned_32x32_speedup_cached_vs_naive']:.1f}x naive (batch {CONDITIONED_BATCH}); "
           f"with attention 8x8: {results['attention_8x8_speedup_cached_vs_naive']:.1f}x, "
-          f"16x16: {results['attention_16x16_speedup_cached_vs_naive']:.1f}x naive")
+          f"16x16: {results['attention_16x16_speedup_cached_vs_naive']:.1f}x naive; a training step with attention: "
+          f"{results['attention_8x8_training_cost']:.2f}x (8x8), {results['attention_16x16_training_cost']:.2f}x (16x16) "
+          "the gated-only step's time")
     print(f"wrote {args.out}")
 
 
