@@ -26,6 +26,7 @@ def tiny_vqvae_config():
 
 def tiny_prior_config(class_conditional=False, **overrides):
     values = dict(codebook_size=16, grid_height=4, grid_width=4, hidden_channels=16, layers=4, kernel_size=3,
-                  class_conditional=class_conditional, num_classes=3, dropout=0.0)
+                  class_conditional=class_conditional, num_classes=3, dropout=0.0,
+                  attention_layers=0)  # gated only: tests of attention ask for it
     values.update(overrides)
     return PriorConfig(**values)
