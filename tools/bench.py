@@ -17,6 +17,7 @@ Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RS
 """
 
 import argparse
+import dataclasses
 import datetime
 import time
 
@@ -146,9 +147,11 @@ def bench_encode(images_u8, device, args) -> float:
     return median_rate(work, resident.shape[0], args.repeats, device)
 
 
-def prior_training(device, args, compile_setting, batches: int, side: int = 8, attention_layers: int = 0):
-    """A function that trains `batches` bare prior steps (default size, random side x side maps), as stage2_prior.train does."""
-    cfg = PriorConfig(grid_height=side, grid_width=side, attention_layers=attention_layers)
+def prior_training(device, args, compile_setting, batches: int, side: int = 8, attention_layers: int | None = None):
+    """A function that trains `batches` bare prior steps (default size, random side x side maps), as stage2_prior.train
+    does; attention blocks as the defaults have them unless `attention_layers` says."""
+    cfg = PriorConfig(grid_height=side, grid_width=side)
+    cfg = cfg if attention_layers is None else dataclasses.replace(cfg, attention_layers=attention_layers)
     model = GatedPixelCNN(cfg).to(device, memory_format=torch.channels_last).train()
     maybe_compile([model], compile_setting, device)
     optimizer = Optimization.build(model, cfg.optimizer_settings(), 10**6, device)
@@ -164,7 +167,7 @@ def prior_training(device, args, compile_setting, batches: int, side: int = 8, a
     return work
 
 
-def bench_prior_training(device, args, compile_setting, side: int = 8, attention_layers: int = 0) -> float:
+def bench_prior_training(device, args, compile_setting, side: int = 8, attention_layers: int | None = None) -> float:
     batches = max(1, 8 * 64 // side**2)  # as many codes per call at every grid size
     work = prior_training(device, args, compile_setting, batches, side, attention_layers)
     return median_rate(work, BATCH * batches, args.repeats, device, warmup=3 if compile_setting else 1)
@@ -178,7 +181,8 @@ def arithmetic(images, device, args, compile_setting) -> dict:
 
 
 def bench_sampling(device, args, naive: bool) -> float:
-    model = GatedPixelCNN(PriorConfig()).to(device).eval()
+    """A gated-only prior (default size): the attention rows time the same with attention blocks."""
+    model = GatedPixelCNN(PriorConfig(attention_layers=0)).to(device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
     repeats = args.repeats if not naive or device.type == "cuda" else max(1, min(args.repeats, 3))
     return median_rate(lambda: model.sample(SAMPLE_BATCH, generator=generator, naive=naive), SAMPLE_BATCH,
@@ -186,8 +190,8 @@ def bench_sampling(device, args, naive: bool) -> float:
 
 
 def bench_conditioned_sampling(device, args, side: int, naive: bool) -> float:
-    """A bottom prior (default size) over side x side codes, conditioned on a random top map of half the side."""
-    cfg = PriorConfig(grid_height=side, grid_width=side, condition_codebook_size=512)
+    """A gated-only bottom prior (default size) over side x side codes, conditioned on a random top map of half the side."""
+    cfg = PriorConfig(grid_height=side, grid_width=side, condition_codebook_size=512, attention_layers=0)
     model = GatedPixelCNN(cfg).to(device).eval()
     top = torch.randint(512, (CONDITIONED_BATCH, side // 2, side // 2), device=device)
     generator = torch.Generator(device=device).manual_seed(0)
