@@ -17,7 +17,6 @@ Peak memory is the CUDA allocator's peak per benchmark, or the process's peak RS
 """
 
 import argparse
-import dataclasses
 import datetime
 import time
 
@@ -147,11 +146,11 @@ def bench_encode(images_u8, device, args) -> float:
     return median_rate(work, resident.shape[0], args.repeats, device)
 
 
-def prior_training(device, args, compile_setting, batches: int, side: int = 8, attention_layers: int | None = None):
+def prior_training(device, args, compile_setting, batches: int, side: int = 8,
+                   attention_layers: int = PriorConfig.attention_layers):
     """A function that trains `batches` bare prior steps (default size, random side x side maps), as stage2_prior.train
     does; attention blocks as the defaults have them unless `attention_layers` says."""
-    cfg = PriorConfig(grid_height=side, grid_width=side)
-    cfg = cfg if attention_layers is None else dataclasses.replace(cfg, attention_layers=attention_layers)
+    cfg = PriorConfig(grid_height=side, grid_width=side, attention_layers=attention_layers)
     model = GatedPixelCNN(cfg).to(device, memory_format=torch.channels_last).train()
     maybe_compile([model], compile_setting, device)
     optimizer = Optimization.build(model, cfg.optimizer_settings(), 10**6, device)
@@ -167,7 +166,8 @@ def prior_training(device, args, compile_setting, batches: int, side: int = 8, a
     return work
 
 
-def bench_prior_training(device, args, compile_setting, side: int = 8, attention_layers: int | None = None) -> float:
+def bench_prior_training(device, args, compile_setting, side: int = 8,
+                         attention_layers: int = PriorConfig.attention_layers) -> float:
     batches = max(1, 8 * 64 // side**2)  # as many codes per call at every grid size
     work = prior_training(device, args, compile_setting, batches, side, attention_layers)
     return median_rate(work, BATCH * batches, args.repeats, device, warmup=3 if compile_setting else 1)
