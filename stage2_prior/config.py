@@ -49,7 +49,7 @@ class PriorConfig(TrainingFlags):
                                     "(0: no guidance)")
     # training
     # 15: chosen on validation at full scale against 10, still improving at 15 (RESULTS.md)
-    epochs: int = opt(15, "training epochs (over mirrored train maps: as many steps as 30 without)")
+    epochs: int = opt(15, "training epochs (over mirrored train maps: twice the steps of as many unmirrored epochs)")
     batch_size: int = opt(128, "code maps per step")
     lr: float = opt(1e-3, "peak AdamW learning rate")
     weight_decay: float = opt(0.01, "AdamW weight decay (0: plain Adam)")
