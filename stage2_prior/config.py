@@ -48,7 +48,7 @@ class PriorConfig(TrainingFlags):
                                     "label instead of theirs, so that sampling can use classifier-free guidance "
                                     "(0: no guidance)")
     # training
-    # 15: chosen on validation at full scale against 10, still improving at 15 (RESULTS.md)
+    # 15: chosen on validation at full scale against 10; the gain flattens by epoch 15 (RESULTS.md)
     epochs: int = opt(15, "training epochs (over mirrored train maps: twice the steps of as many unmirrored epochs)")
     batch_size: int = opt(128, "code maps per step")
     lr: float = opt(1e-3, "peak AdamW learning rate")
