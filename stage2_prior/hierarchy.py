@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from stage2_prior.config import PriorConfig
-from stage2_prior.model import GatedPixelCNN
+from stage2_prior.model import GatedPixelCNN, level_callback
 
 
 def level_configs(cfg: PriorConfig) -> tuple:
@@ -64,17 +64,20 @@ class HierarchicalPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-               generator: torch.Generator | None = None, naive: bool = False, guidance=None) -> tuple:
+               generator: torch.Generator | None = None, naive: bool = False, guidance=None, on_row=None) -> tuple:
         """Draw n (top, bottom) pairs: the top map first, then the bottom map given it.
 
         `guidance` applies to the top prior, the class-conditional one (`GatedPixelCNN.sample`).
+        `on_row(level, i, codes)` is called as each row of a level is final (level 0: top, 1: bottom).
         """
-        top = self.top.sample(n, labels, temperature, top_k, generator, naive, guidance=guidance)
-        return top, self.bottom.sample(n, None, temperature, top_k, generator, naive, cond=top)
+        top = self.top.sample(n, labels, temperature, top_k, generator, naive, guidance=guidance,
+                              on_row=level_callback(0, on_row))
+        return top, self.bottom.sample(n, None, temperature, top_k, generator, naive, cond=top,
+                                       on_row=level_callback(1, on_row))
 
     @torch.no_grad()
     def complete(self, codes, keep_rows: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, naive: bool = False, guidance=None) -> tuple:
+                 generator: torch.Generator | None = None, naive: bool = False, guidance=None, on_row=None) -> tuple:
         """Keep the whole top map and the first `keep_rows` rows of the bottom map; draw the rest of the bottom.
 
         `labels` and `guidance` are accepted (and checked) for the same call as a one-level prior; they only
@@ -82,7 +85,8 @@ class HierarchicalPrior(nn.Module):
         """
         self.guidance_scale(guidance)
         top, bottom = self._split(codes)
-        return top, self.bottom.complete(bottom, keep_rows, None, temperature, top_k, generator, naive, cond=top)
+        return top, self.bottom.complete(bottom, keep_rows, None, temperature, top_k, generator, naive, cond=top,
+                                         on_row=level_callback(1, on_row))
 
     sample_levels = sample  # the tuple form is this prior's own (`GatedPixelCNN` has the same three methods)
     complete_levels = complete

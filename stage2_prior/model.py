@@ -197,21 +197,28 @@ class GatedPixelCNN(nn.Module):
         return self.log_prob(codes, labels)[:, None]
 
     def sample_levels(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-                      generator: torch.Generator | None = None, naive: bool = False, guidance=None) -> tuple:
-        """`sample` as a 1-tuple of levels."""
-        return (self.sample(n, labels, temperature, top_k, generator, naive, guidance=guidance),)
+                      generator: torch.Generator | None = None, naive: bool = False, guidance=None,
+                      on_row=None) -> tuple:
+        """`sample` as a 1-tuple of levels; `on_row(level, i, codes)` as `sample`'s, with level 0."""
+        return (self.sample(n, labels, temperature, top_k, generator, naive, guidance=guidance,
+                            on_row=level_callback(0, on_row)),)
 
     def complete_levels(self, levels: tuple, keep_rows: int, labels=None, temperature: float = 1.0,
                         top_k: int | None = None, generator: torch.Generator | None = None, naive: bool = False,
-                        guidance=None) -> tuple:
-        """`complete` of a 1-tuple of levels, as a 1-tuple."""
+                        guidance=None, on_row=None) -> tuple:
+        """`complete` of a 1-tuple of levels, as a 1-tuple; `on_row(level, i, codes)` as in `sample_levels`."""
         (codes,) = levels
-        return (self.complete(codes, keep_rows, labels, temperature, top_k, generator, naive, guidance=guidance),)
+        return (self.complete(codes, keep_rows, labels, temperature, top_k, generator, naive, guidance=guidance,
+                              on_row=level_callback(0, on_row)),)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
-               generator: torch.Generator | None = None, naive: bool = False, cond=None, guidance=None) -> torch.Tensor:
+               generator: torch.Generator | None = None, naive: bool = False, cond=None, guidance=None,
+               on_row=None) -> torch.Tensor:
         """Draw `n` code maps (n, H, W) in raster order.
+
+        `on_row(i, codes)`, when given, is called as soon as row i is final, with the map being filled (rows
+        after i are still zeros); it may raise to stop the draw (a closed page, say).
 
         By default only what a new code can change is recomputed (`stage2_prior.sampling`); `naive=True`
         runs one full forward pass per position instead (the reference the fast path is tested against).
@@ -220,12 +227,12 @@ class GatedPixelCNN(nn.Module):
         temperature and top-k; s = 1 is plain conditional sampling, s = 0 unconditional. Any other value
         than None needs a prior trained with label dropout (ValueError otherwise).
         """
-        return self._draw(n, None, 0, labels, temperature, top_k, generator, naive, cond, guidance)
+        return self._draw(n, None, 0, labels, temperature, top_k, generator, naive, cond, guidance, on_row)
 
     @torch.no_grad()
     def complete(self, codes: torch.Tensor, keep_rows: int, labels=None, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None, naive: bool = False,
-                 cond=None, guidance=None) -> torch.Tensor:
+                 cond=None, guidance=None, on_row=None) -> torch.Tensor:
         """Keep the first `keep_rows` rows of each map `codes` (n, H, W) and draw the rest in raster order.
 
         The draws are those `sample` would make at the same positions given the same rows (cached or naive alike).
@@ -235,28 +242,38 @@ class GatedPixelCNN(nn.Module):
         if not 0 <= keep_rows <= self.cfg.grid_height:
             raise ValueError(f"keep_rows must be in [0, {self.cfg.grid_height}], got {keep_rows}")
         return self._draw(codes.shape[0], codes.long(), keep_rows, labels, temperature, top_k, generator, naive, cond,
-                          guidance)
+                          guidance, on_row)
 
-    def _draw(self, n, given, keep_rows, labels, temperature, top_k, generator, naive, cond, guidance) -> torch.Tensor:
+    def _draw(self, n, given, keep_rows, labels, temperature, top_k, generator, naive, cond, guidance,
+              on_row=None) -> torch.Tensor:
         scale = self.guidance_scale(guidance)
         was_training = self.training
         self.eval()
         try:
             biases = self.layer_biases(labels, cond, n, self.embedding.weight.device, guided=scale != 1)
             if not naive:
-                return sample_cached(self, n, biases, temperature, top_k, generator, given, keep_rows, scale)
-            return self._draw_naive(n, given, keep_rows, biases, scale, temperature, top_k, generator)
+                return sample_cached(self, n, biases, temperature, top_k, generator, given, keep_rows, scale, on_row)
+            return self._draw_naive(n, given, keep_rows, biases, scale, temperature, top_k, generator, on_row)
         finally:
             self.train(was_training)
 
-    def _draw_naive(self, n, given, keep_rows, biases, scale, temperature, top_k, generator) -> torch.Tensor:
+    def _draw_naive(self, n, given, keep_rows, biases, scale, temperature, top_k, generator, on_row) -> torch.Tensor:
         codes = torch.zeros(n, self.cfg.grid_height, self.cfg.grid_width, dtype=torch.long,
                             device=self.embedding.weight.device)
         if given is not None:
             codes[:, :keep_rows] = given[:, :keep_rows]
+        for i in range(keep_rows if on_row is not None else 0):  # kept rows are final at once
+            on_row(i, codes)
         for i in range(keep_rows, self.cfg.grid_height):
             for j in range(self.cfg.grid_width):
                 embedded = self.embedding(doubled(codes, scale)).permute(0, 3, 1, 2)
                 logits = guide(self._run_layers(embedded, biases)[:, :, i, j], scale)
                 codes[:, i, j] = draw(logits, temperature, top_k, generator)
+            if on_row is not None:
+                on_row(i, codes)
         return codes
+
+
+def level_callback(level: int, on_row):
+    """A one-level `on_row(i, codes)` that calls `on_row(level, i, codes)`; None stays None."""
+    return None if on_row is None else lambda i, codes: on_row(level, i, codes)

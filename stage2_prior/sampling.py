@@ -90,12 +90,13 @@ def _linear_1x1(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_cached(model, n: int, biases: list, temperature: float, top_k, generator, given=None,
-                  keep_rows: int = 0, scale: float = 1.0) -> torch.Tensor:
+                  keep_rows: int = 0, scale: float = 1.0, on_row=None) -> torch.Tensor:
     """Draw n code maps (n, H, W) from a GatedPixelCNN given each layer's gate bias (`model.layer_biases`).
 
     With `given` (n, H, W), its first `keep_rows` rows are kept and only the rest is drawn (completion).
     With a guidance `scale` other than 1 the biases are those of 2n rows, conditional then unconditional.
     Same draws as `model.sample(..., naive=True)` (or `model.complete(..., naive=True)`) for the same generator.
+    `on_row(i, codes)`, when given, is called after each row i is final, with the map being filled (n, H, W).
     """
     cfg = model.cfg
     height, width, channels = cfg.grid_height, cfg.grid_width, cfg.hidden_channels
@@ -116,6 +117,8 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
         if i < keep_rows and not blocks:  # a kept row feeds the rows below through the vertical stack only
             row = doubled(F.embedding(codes[:, i], weight), scale).transpose(1, 2)  # (rows, C, W)
             caches[0].write_vertical_input(i, row)
+            if on_row is not None:
+                on_row(i, codes)
             continue
         for j in range(width):
             logits = guide(_horizontal_logits(model, caches, to_horizontal, biases, previous, i, j), scale)  # (n, K)
@@ -124,6 +127,8 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
             previous = doubled(F.embedding(codes[:, i, j], weight), scale)  # (rows, C)
             caches[0].write_horizontal_input(j, previous)
             caches[0].write_vertical_position(i, j, previous)
+        if on_row is not None:
+            on_row(i, codes)
     return codes
 
 

@@ -42,3 +42,33 @@ def test_cached_equals_naive_with_dropout_layers():
         naive = model.sample(6, None, 1.0, None, torch.Generator().manual_seed(seed), naive=True)
         cached = model.sample(6, None, 1.0, None, torch.Generator().manual_seed(seed))
         assert torch.equal(naive, cached), f"seed {seed}"
+
+
+@pytest.mark.parametrize("naive", [False, True])
+@pytest.mark.parametrize("attention_layers, keep_rows", [(0, 0), (0, 2), (1, 0), (1, 2)])
+def test_on_row_sees_each_row_once_as_soon_as_it_is_final(naive, attention_layers, keep_rows):
+    """The streaming hook (the browser page draws rows as they come) is called once per row, in order, with
+    that row and every row above it already equal to the finished map's, and changes no draw."""
+    model = randomized(GatedPixelCNN(tiny_prior_config(attention_layers=attention_layers))).double()
+    seen = []
+    given = torch.randint(16, (5, 4, 4))
+    generator = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    on_row = lambda i, codes: seen.append((i, codes.clone()))  # noqa: E731
+    final = model.complete(given, keep_rows, None, 1.0, None, generator(), naive, on_row=on_row)
+    assert torch.equal(final, model.complete(given, keep_rows, None, 1.0, None, generator(), naive))
+    assert [i for i, _ in seen] == list(range(4))
+    for i, codes in seen:
+        assert torch.equal(codes[:, : i + 1], final[:, : i + 1])
+
+
+def test_on_row_can_stop_a_draw():
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_row(i, codes):
+        raise Stop
+
+    model = randomized(GatedPixelCNN(tiny_prior_config())).train()
+    with pytest.raises(Stop):
+        model.sample_levels(2, on_row=lambda level, i, codes: stop_after_first_row(i, codes))
+    assert model.training  # the mode it had before the draw, even when the draw stopped
