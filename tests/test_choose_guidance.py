@@ -91,3 +91,28 @@ def test_a_prior_that_cannot_be_guided_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         run_choice(run)
     assert info.value.code == 1 and "no guidance scale to choose" in capsys.readouterr().err
+
+
+def test_the_samples_that_choose_the_scale_are_not_the_samples_evaluate_reports(tmp_path, monkeypatch):
+    """Issue 35: with the same --seed, choose_guidance and evaluate once drew the very same samples, so the
+    reported GAN-test was measured on the samples that had chosen the scale."""
+    from tools import evaluate
+
+    run = make_tiny_run(tmp_path / "run", recon_loss="l1", class_conditional=True)
+    drawn = {"choose": [], "evaluate": []}
+
+    def recording(name, original):
+        def draw(run, n, labels, seed, *args, **kwargs):
+            codes, images = original(run, n, labels, seed, *args, **kwargs)
+            drawn[name].append(codes[0])
+            return codes, images
+        return draw
+
+    monkeypatch.setattr(choose_guidance, "draw_images", recording("choose", choose_guidance.draw_images))
+    monkeypatch.setattr(evaluate, "draw_images", recording("evaluate", evaluate.draw_images))
+    monkeypatch.setattr(evaluate, "PICTURE_SAMPLES", 6)
+    run_choice(run, "--scales", "5", "--dry-run", "--seed", "0")
+    evaluate.main(["--run-dir", str(run), "--device", "cpu", "--n-samples", "0", "--judge-samples", "6",
+                   "--guidance", "5", "--seed", "0"])
+    chosen_on, reported = drawn["choose"][0], drawn["evaluate"]
+    assert all(not torch.equal(chosen_on, codes[: chosen_on.shape[0]]) for codes in reported)

@@ -3,10 +3,10 @@
     python -m tools.choose_guidance --run-dir runs/demo     # or: make choose-guidance RUN_DIR=runs/demo
 
 For each scale of --scales, draws --judge-samples class-conditional samples (every class equally often, the
-same seed) and judges them as `make evaluate` does (`tools.common.sample_judge`), with the validation images in
-place of the test images: GAN-test (the run's classifier, trained on its training images, puts a sample in the
-class it was drawn for) and GAN-train (a classifier trained on the samples alone, tested on the validation
-images). Guidance raises GAN-test; past some scale the samples lose variety, which GAN-train sees. The scale
+same seed, offset by CHOOSING_STREAM so that `make evaluate` never reports on them) and judges them as `make
+evaluate` does (`tools.common.sample_judge`), with the validation images in place of the test images:
+GAN-test (the run's classifier, trained on its training images, puts a sample in the class it was drawn for)
+and GAN-train (a classifier trained on the samples alone, tested on the validation images). Guidance raises GAN-test; past some scale the samples lose variety, which GAN-train sees. The scale
 with the highest GAN-test + GAN-train wins (the smaller on a tie) and becomes the `guidance` of
 RUN_DIR/prior/ckpt.pt's config, so sampling, evaluation and completion use it without --guidance
 (--dry-run leaves the prior as it is). OUT_DIR (default RUN_DIR/guidance) gets guidance.json, every figure,
@@ -26,6 +26,9 @@ from tools.common.finished_run import data_source, load_finished_run, load_image
 from tools.common.sample_judge import judge_samples, run_classifier
 
 RULE = "the highest GAN-test + GAN-train on the validation images (the smaller scale on a tie)"
+# added to --seed: `make evaluate` and `make sample` draw from --seed itself, so the samples that choose the scale are
+# never the samples that report it
+CHOOSING_STREAM = 1_000_003
 
 
 def parse_args(argv):
@@ -34,7 +37,9 @@ def parse_args(argv):
                         help="guidance scales to compare (default: 1 2 3 4 5)")
     parser.add_argument("--judge-samples", type=int, default=1000,
                         help="samples drawn and judged at each scale (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the samples, drawn from seed + %d: never those make evaluate draws with the same "
+                             "seed (default: %%(default)s)" % CHOOSING_STREAM)
     parser.add_argument("--batch-size", type=int, default=256, help="code maps sampled at once (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="measure and report; leave the prior's default as it is")
     return parser.parse_args(argv)
@@ -56,7 +61,8 @@ def measure_scales(run, args, device) -> tuple:
     one_per_class = pick_per_class(labels.cpu(), 1)
     figures, rows = [], []
     for scale in args.scales:
-        _, samples = draw_images(run, args.judge_samples, labels, args.seed, args.batch_size, device, scale)
+        _, samples = draw_images(run, args.judge_samples, labels, args.seed + CHOOSING_STREAM, args.batch_size, device,
+                                 scale)
         judged, _ = judge_samples(judge, samples, labels, val.images, val.labels, classes, device)
         figures.append({"scale": scale, **judged})
         rows.append(to_model_range(samples[one_per_class]))

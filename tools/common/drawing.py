@@ -27,7 +27,7 @@ def choose_labels(prior, label: int | None, n: int, device) -> torch.Tensor | No
 
 GUIDANCE_HELP = ("classifier-free guidance scale for a class-conditional prior trained with label dropout: "
                  "logits uncond + S * (cond - uncond); 1 = plain conditional, 0 = unconditional "
-                 "(default: the prior's own: 4 in a new prior until make choose-guidance stores the one its validation images "
+                 "(default: the prior's own: 5 in a new prior until make choose-guidance stores the one its validation images "
                  "prefer; 1 in older priors)")
 
 
