@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from foundation.checks import check_ranges
 from foundation.cli import opt
 
 
@@ -14,3 +15,6 @@ class TrainingFlags:
     compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
     precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32",
                          choices=["auto", "fp32", "bf16"])
+
+    def __post_init__(self):
+        check_ranges(self, {"warmup_fraction": "[0, 1)"})

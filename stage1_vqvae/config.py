@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from foundation import levels as code_levels
+from foundation.checks import check_ranges
 from foundation.cli import UserError, derived, opt
 from foundation.config import TrainingFlags
 from foundation.curves import FLAG_HELP as TENSORBOARD_HELP
@@ -13,6 +14,13 @@ from foundation.optimization import OptimizerSettings
 class VQVAEConfig(TrainingFlags):
     # what checkpoints saved before these fields were trained with
     ADDED_LATER = {"top_join": "concat", "adversarial_weight": 0.0, "adversarial_ramp": 0.0}
+    # the values each numeric flag allows (`foundation.checks`); the adversarial ones are checked together below
+    RANGES = {"shapes_train": ">= 1", "shapes_test": ">= 1", "val_size": "> 0", "image_size": ">= 1",
+              "codebook_size": ">= 1", "top_codebook_size": ">= 1", "embed_dim": ">= 1",
+              "hidden_channels": ">= 2",  # the outer layers have hidden_channels // 2
+              "res_blocks": ">= 0", "beta": ">= 0", "ema_decay": "[0, 1)", "dead_code_threshold": ">= 0",
+              "discriminator_lr": "> 0", "discriminator_channels": ">= 1", "discriminator_layers": ">= 1",
+              "epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0"}
 
     # data
     dataset: str = opt("cifar10", "which images", choices=["cifar10", "folder", "shapes"])
@@ -67,8 +75,10 @@ class VQVAEConfig(TrainingFlags):
     val_split: str = derived("")  # how the validation images were chosen, with a fingerprint
 
     def __post_init__(self):
+        super().__post_init__()
         if self.top_codebook_size is None:
             self.top_codebook_size = self.codebook_size
+        check_ranges(self, self.RANGES)
         grid, top = self.image_size // self.downsample, self.image_size // (self.downsample * 2 ** (self.levels - 1))
         if self.image_size % self.downsample or (self.levels == 2 and grid % 2) or top < 1:
             raise UserError(f"--image-size {self.image_size} cannot be split into "

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from foundation.checks import check_ranges
 from foundation.cli import UserError, build_parser, config_from, given_config_values, main_entry, opt
 from foundation.files import code_dtype, save_array, write_json
 from foundation.runtime import cpu_threads, pick_device, progress_disabled
@@ -47,6 +48,12 @@ MODELS = {  # name: (genres as item side information, item quantizer or None)
 
 @dataclass
 class RecommendConfig:
+    # the values each numeric flag allows (`foundation.checks`); --warm-min-train is checked below
+    RANGES = {"synthetic_users": ">= 1", "synthetic_items": ">= 2",  # each user rates 1 to half of the items
+              "cold_fraction": "[0, 1]", "max_cold_train": ">= 1", "embed_dim": ">= 1",
+              "codebook_size": ">= 1", "groups": ">= 1", "stages": ">= 1", "beta": ">= 0", "epochs": ">= 1",
+              "batch_size": ">= 1", "lr": "> 0", "l2": ">= 0", "threads": ">= 0"}
+
     dataset: str = opt("synthetic", "which ratings", choices=["synthetic", "movielens"])
     data_dir: str = opt("data", "where ml-latest-small/ (or its zip) is, or is downloaded to")
     out_dir: str = opt("runs/recommend", "where results.json, item_codes.npy and meta.json go")
@@ -73,10 +80,9 @@ class RecommendConfig:
         unknown = [name for name in self.model_names if name not in MODELS]
         if unknown or not self.model_names:
             raise UserError(f"unknown model(s) {unknown or self.models!r}; choose from {', '.join(MODELS)}")
+        check_ranges(self, self.RANGES)
         if self.embed_dim % self.groups:
             raise UserError(f"--groups {self.groups} does not divide --embed-dim {self.embed_dim}")
-        if min(self.max_cold_train, self.epochs, self.batch_size, self.codebook_size, self.stages) < 1:
-            raise UserError("--max-cold-train, --epochs, --batch-size, --codebook-size and --stages must be at least 1")
         if self.warm_min_train < 2:
             raise UserError("--warm-min-train must be at least 2 (items with no training rating are unseen)")
 
