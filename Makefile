@@ -23,6 +23,7 @@ SAMPLE_ARGS ?=
 EVAL_ARGS ?=
 COMPLETE_ARGS ?=
 GUIDANCE_ARGS ?=
+SERVE_ARGS ?=
 PYTEST_ARGS ?=
 # NPROC=N trains on N processes (GPUs) with torchrun; empty: one process.
 NPROC ?=
@@ -58,7 +59,7 @@ DEMO_HIERARCHICAL_VARS := RUN_DIR=runs/demo-hierarchical DATASET=shapes EPOCHS=2
 	VQVAE_ARGS="--levels 2 --image-size 64 --downsample 8 --shapes-train 3000 --shapes-test 500 --codebook-size 128 --hidden-channels 64 --batch-size 64 --lr 2e-3 --top-join concat" \
 	PRIOR_ARGS="--hidden-channels 64 --batch-size 64 --lr 1e-3 --dropout 0.1"
 
-.PHONY: FORCE help install train-vqvae encode-dataset train-prior sample evaluate complete choose-guidance demo demo-hierarchical test bench clean distclean
+.PHONY: FORCE help install train-vqvae encode-dataset train-prior sample evaluate complete choose-guidance serve demo demo-hierarchical test bench clean distclean
 
 help:
 	@echo "make demo            whole pipeline on built-in shapes data -> runs/demo/samples/samples.png"
@@ -72,12 +73,14 @@ help:
 	@echo "make complete        prior completes the lower half of test images -> \$$(RUN_DIR)/complete/completions.png"
 	@echo "make choose-guidance class-conditional prior: its default guidance scale, chosen on validation and stored"
 	@echo "                     in prior/ckpt.pt -> \$$(RUN_DIR)/guidance/guidance.json, guidance.png"
+	@echo "make serve           a local web page over a finished run: samples drawn row by row, classes, completions,"
+	@echo "                     curves (prints its address; SERVE_ARGS=\"--port 0 --host ...\")"
 	@echo "make bench           speed of every stage on this device -> bench.json"
 	@echo "make recommend       do item codes help cold items? synthetic ratings (DATASET=movielens: ml-latest-small)"
 	@echo "                     -> \$$(RUN_DIR)/recommend/results.json, item_codes.npy (other flags: RECOMMEND_ARGS)"
 	@echo "make clean           remove runs/ (make distclean: also the virtual environment)"
 	@echo "variables: DATASET=cifar10|folder|shapes DATA_DIR RUN_DIR DEVICE EPOCHS PRIOR_EPOCHS N_SAMPLES NPROC"
-	@echo "           VQVAE_ARGS PRIOR_ARGS SAMPLE_ARGS EVAL_ARGS COMPLETE_ARGS GUIDANCE_ARGS (any other flag; see python -m <module> --help)"
+	@echo "           VQVAE_ARGS PRIOR_ARGS SAMPLE_ARGS EVAL_ARGS COMPLETE_ARGS GUIDANCE_ARGS SERVE_ARGS (any other flag; see python -m <module> --help)"
 
 install: $(INSTALLED)
 
@@ -120,6 +123,10 @@ $(COMPLETIONS): $(PRIOR_CKPT) $(VQVAE_CKPT) $(CODES_META) | $(NEED_VENV)
 choose-guidance: $(GUIDANCE)
 $(GUIDANCE): $(PRIOR_CKPT) $(VQVAE_CKPT) $(CODES_META) | $(NEED_VENV)
 	$(PY) -m tools.choose_guidance --run-dir $(RUN_DIR) --device $(DEVICE) $(ENCODE_DATA) $(GUIDANCE_ARGS)
+
+# Serves what RUN_DIR has (a missing stage is shown on the page), so it builds nothing first.
+serve: | $(NEED_VENV)
+	$(PY) -m tools.serve --run-dir $(RUN_DIR) --device $(DEVICE) $(SERVE_ARGS)
 
 demo: | $(NEED_VENV)
 	$(MAKE) --no-print-directory sample $(DEMO_VARS) DEVICE=$(DEVICE)

@@ -58,12 +58,13 @@ def repeat_maps(codes: tuple, times: int) -> tuple:
 
 @torch.no_grad()
 def complete(prior, codes: tuple, keep_rows: int, labels, n_completions: int, seed: int, device,
-             temperature: float = 1.0, top_k: int | None = None, guidance: float | None = None) -> tuple:
-    """`n_completions` completions of every map: the kept rows (and a top level) as given, the rest drawn."""
+             temperature: float = 1.0, top_k: int | None = None, guidance: float | None = None, on_row=None) -> tuple:
+    """`n_completions` completions of every map: the kept rows (and a top level) as given, the rest drawn;
+    `on_row(level, i, codes)` as in `prior.complete_levels`."""
     generator = torch.Generator(device=device).manual_seed(seed)
     labels = None if labels is None else labels.repeat_interleave(n_completions)
     return prior.complete_levels(repeat_maps(codes, n_completions), keep_rows, labels, temperature, top_k, generator,
-                                 guidance=guidance)
+                                 guidance=guidance, on_row=on_row)
 
 
 def grey_out(images: torch.Tensor, keep_rows: int, grid_height: int) -> torch.Tensor:

@@ -40,11 +40,13 @@ class FinishedRun:
         return names if len(names) == self.meta["num_classes"] else [f"class {i}" for i in range(self.meta["num_classes"])]
 
 
-def run_parser(description: str, out_folder: str) -> argparse.ArgumentParser:
-    """A parser with the flags every command over a finished run takes (run folder, output, data, device)."""
+def run_parser(description: str, out_folder: str | None) -> argparse.ArgumentParser:
+    """A parser with the flags every command over a finished run takes (run folder, output, data, device);
+    no --out-dir when `out_folder` is None (a command that writes no files)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--run-dir", default="runs", help="the run folder (default: %(default)s)")
-    parser.add_argument("--out-dir", default=None, help=f"where the results go (default: RUN_DIR/{out_folder})")
+    if out_folder is not None:
+        parser.add_argument("--out-dir", default=None, help=f"where the results go (default: RUN_DIR/{out_folder})")
     parser.add_argument("--dataset", choices=["cifar10", "folder", "shapes"], help="default: the one the codes came from")
     parser.add_argument("--data-dir", help="default: the one the codes came from")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default: %(default)s)")
