@@ -92,11 +92,17 @@ def test_check_ranges_names_the_first_field_out_of_range_as_a_flag():
         check_ranges(config, {"weight_ema": "[0, 1)"})
 
 
+# tiny runs otherwise, should a check ever let the value through
+TINY_VQVAE = ["--dataset", "shapes", "--shapes-train", "32", "--shapes-test", "8", "--image-size", "16", "--epochs", "1",
+              "--batch-size", "8", "--codebook-size", "8", "--embed-dim", "4", "--res-blocks", "0", "--precision", "fp32"]
+TINY_RECOMMEND = ["--synthetic-users", "20", "--synthetic-items", "30", "--models", "mf", "--epochs", "1"]
+
+
 @pytest.mark.parametrize("main, flags, message", [
-    (stage1_train.main, ["--lr", "0", "--dataset", "shapes"], "--lr must be > 0, got 0.0"),
-    (stage1_train.main, ["--hidden-channels", "1", "--dataset", "shapes"], "--hidden-channels must be >= 2, got 1"),
-    (recommend.main, ["--groups", "0"], "--groups must be >= 1, got 0"),  # was a ZeroDivisionError
-    (recommend.main, ["--cold-fraction", "2"], "--cold-fraction must be in [0, 1], got 2.0"),
+    (stage1_train.main, [*TINY_VQVAE, "--lr", "0"], "--lr must be > 0, got 0.0"),
+    (stage1_train.main, [*TINY_VQVAE, "--hidden-channels", "1"], "--hidden-channels must be >= 2, got 1"),
+    (recommend.main, [*TINY_RECOMMEND, "--groups", "0"], "--groups must be >= 1, got 0"),  # was a ZeroDivisionError
+    (recommend.main, [*TINY_RECOMMEND, "--cold-fraction", "2"], "--cold-fraction must be in [0, 1], got 2.0"),
 ])
 def test_commands_refuse_a_value_out_of_range_in_one_line_before_making_the_folder(tmp_path, capsys, main, flags,
                                                                                     message):
