@@ -1,5 +1,6 @@
 """Stage-1 configuration: one dataclass, turned into flags by `foundation.cli` and saved in every checkpoint."""
 
+import math
 from dataclasses import dataclass
 
 from foundation import levels as code_levels
@@ -10,6 +11,16 @@ from foundation.curves import FLAG_HELP as TENSORBOARD_HELP
 from foundation.optimization import OptimizerSettings
 
 
+QUANTIZERS = ["ema", "codebook", "rotation", "factorized", "fsq"]  # stage1_vqvae.modern_quantizers builds each
+QUANTIZER_HELP = ("how codes learn and gradients pass: ema or codebook (EMA or codebook-loss codebook, "
+                  "straight-through), rotation (EMA codebook, rotation-trick gradient), factorized (l2-normalised "
+                  "codes searched in --factorized-dim dimensions, EMA), fsq (finite scalar quantization over "
+                  "--fsq-levels, no codebook)")
+FACTORIZED_DIM_HELP = "with --quantizer factorized: the dimension vectors are projected down to and l2-normalised in"
+FSQ_LEVELS_HELP = ("with --quantizer fsq: levels of each channel, comma-separated; their product is the number of "
+                   "codes and must equal --codebook-size")
+
+
 @dataclass
 class VQVAEConfig(TrainingFlags):
     # what checkpoints saved before these fields were trained with
@@ -17,6 +28,7 @@ class VQVAEConfig(TrainingFlags):
     # the values each numeric flag allows (`foundation.checks`); the adversarial ones are checked together below
     RANGES = {"shapes_train": ">= 1", "shapes_test": ">= 1", "val_size": "> 0", "image_size": ">= 1",
               "codebook_size": ">= 1", "top_codebook_size": ">= 1", "embed_dim": ">= 1",
+              "factorized_dim": ">= 1",
               "hidden_channels": ">= 2",  # the outer layers have hidden_channels // 2
               "res_blocks": ">= 0", "beta": ">= 0", "ema_decay": "[0, 1)", "dead_code_threshold": ">= 0",
               "discriminator_lr": "> 0", "discriminator_channels": ">= 1", "discriminator_layers": ">= 1",
@@ -45,9 +57,11 @@ class VQVAEConfig(TrainingFlags):
     embed_dim: int = opt(64, "D, size of each code vector")
     hidden_channels: int = opt(128, "width of the encoder/decoder at the latent resolution")
     res_blocks: int = opt(2, "residual blocks in the encoder and in the decoder")
-    quantizer: str = opt("ema", "codebook update: EMA, or the codebook loss", choices=["ema", "codebook"])
+    quantizer: str = opt("ema", QUANTIZER_HELP, choices=QUANTIZERS)
+    factorized_dim: int = opt(16, FACTORIZED_DIM_HELP)
+    fsq_levels: str = opt("8,8,8", FSQ_LEVELS_HELP)
     beta: float = opt(0.25, "commitment weight")
-    ema_decay: float = opt(0.99, "EMA decay (gamma) for --quantizer ema")
+    ema_decay: float = opt(0.99, "EMA decay (gamma) for --quantizer ema, rotation and factorized")
     dead_code_threshold: float = opt(
         1.0, "re-seed a code when its average use per batch (EMA) drops below this; 0 disables"
     )
@@ -85,6 +99,7 @@ class VQVAEConfig(TrainingFlags):
                             f"{'two levels of ' if self.levels == 2 else ''}codes with --downsample {self.downsample}: "
                             f"use a multiple of {self.downsample * 2 ** (self.levels - 1)}")
         self._check_adversarial()
+        check_quantizer(self.quantizer, self.fsq_levels, self.codebook_sizes)
 
     def _check_adversarial(self) -> None:
         if self.adversarial_weight < 0 or not 0 <= self.adversarial_start < 1 or not 0 <= self.adversarial_ramp <= 1:
@@ -115,3 +130,25 @@ class VQVAEConfig(TrainingFlags):
     def codebook_sizes(self) -> tuple:
         """Codebook size of each level, top level first."""
         return code_levels.top_first(self.top_codebook_size, self.codebook_size, self.levels)
+
+
+def fsq_levels(text: str) -> tuple:
+    """'8,8,8' -> (8, 8, 8); a UserError unless every level is an integer of at least 2."""
+    try:
+        levels = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 2:
+        raise UserError(f"--fsq-levels {text!r}: give comma-separated integers of at least 2 each, e.g. 8,8,8")
+    return levels
+
+
+def check_quantizer(quantizer: str, levels_text: str, codebook_sizes) -> None:
+    """A UserError when --quantizer fsq's levels are malformed or do not make the codebook sizes."""
+    if quantizer != "fsq":
+        return
+    codes = math.prod(fsq_levels(levels_text))
+    if any(size != codes for size in codebook_sizes):
+        raise UserError(f"--fsq-levels {levels_text} make {codes} codes but the codebook size is "
+                        f"{'/'.join(str(size) for size in codebook_sizes)}: pass --codebook-size {codes}"
+                        f"{' (and --top-codebook-size)' if len(codebook_sizes) > 1 else ''} or other levels")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from stage1_vqvae import likelihood
 from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.quantizer import EMAVectorQuantizer, VectorQuantizer
+from stage1_vqvae.modern_quantizers import named_quantizer
 
 
 class ResidualBlock(nn.Module):
@@ -61,13 +61,9 @@ def make_decoder(cfg: VQVAEConfig, in_channels: int) -> nn.Sequential:
 
 
 def make_quantizer(cfg: VQVAEConfig, codebook_size: int) -> nn.Module:
-    """The quantizer named by `cfg.quantizer`."""
-    common = dict(beta=cfg.beta, dead_code_threshold=cfg.dead_code_threshold)
-    if cfg.quantizer == "ema":
-        return EMAVectorQuantizer(codebook_size, cfg.embed_dim, decay=cfg.ema_decay, **common)
-    if cfg.quantizer == "codebook":
-        return VectorQuantizer(codebook_size, cfg.embed_dim, **common)
-    raise ValueError(f"unknown quantizer {cfg.quantizer!r}")
+    """The quantizer named by `cfg.quantizer` (`stage1_vqvae.modern_quantizers.named_quantizer`)."""
+    quantizer, options = named_quantizer(cfg)
+    return quantizer(codebook_size, cfg.embed_dim, **options)
 
 
 class TopLevel(nn.Module):

@@ -8,7 +8,8 @@
   arXiv:2305.05065).
 
 Both are built from `VectorQuantizer` or `EMAVectorQuantizer` (data initialisation, dead-code
-re-seeding, fp32 statistics and DDP synchronisation come with them) and keep their contract:
+re-seeding, fp32 statistics and DDP synchronisation come with them), grouped ones also from the quantizers
+of `stage1_vqvae.modern_quantizers`, and keep their contract:
 `forward(z) -> (straight-through quantized z, loss, indices)`, with one more trailing axis on the
 indices for the G or N codes: (B, D, H, W) -> (B, H, W, G) with dim=1, (..., D) -> (..., G) with dim=-1.
 `usage(indices)` gives codes used and perplexity per group or stage. No I/O here.
@@ -106,15 +107,20 @@ class ResidualQuantizer(_MultiCodebook):
 
 
 def build_quantizer(codebook_size: int, embed_dim: int, groups: int = 1, stages: int = 1, ema: bool = True,
-                    dim: int = 1, **kwargs) -> _MultiCodebook:
+                    dim: int = 1, quantizer: type | None = None, **kwargs) -> _MultiCodebook:
     """A grouped (groups > 1), residual (stages > 1) or plain (both 1) quantizer whose codes are (..., G or N).
 
     Plain is one group: the same as `VectorQuantizer`/`EMAVectorQuantizer`, with codes shaped (..., 1).
+    `quantizer`, a class of `stage1_vqvae.modern_quantizers` for instance, replaces the one `ema` chooses; residual
+    stages take only the two plain ones (they pass one straight-through gradient for the sum of the stages' codes).
     `kwargs` go to every codebook's quantizer (beta, dead_code_threshold, and decay/eps when `ema`).
     """
     if groups > 1 and stages > 1:
         raise ValueError("choose grouped (groups > 1) or residual (stages > 1) quantization, not both")
-    quantizer = EMAVectorQuantizer if ema else VectorQuantizer
+    if stages > 1 and quantizer not in (None, EMAVectorQuantizer, VectorQuantizer):
+        name = getattr(quantizer, "__name__", quantizer)
+        raise ValueError(f"residual stages take EMAVectorQuantizer or VectorQuantizer, not {name}")
+    quantizer = quantizer or (EMAVectorQuantizer if ema else VectorQuantizer)
     if stages > 1:
         return ResidualQuantizer(codebook_size, embed_dim, stages, quantizer, dim, **kwargs)
     return GroupedQuantizer(codebook_size, embed_dim, groups, quantizer, dim, **kwargs)

@@ -5,9 +5,11 @@
     python -m stage1_vqvae.vectors --input EMB.npy --stages 4    # residual quantization: 4 codes per vector
 
 The codebooks learn on the vectors themselves (EMA by default; `--quantizer codebook` for the codebook
-loss), starting from data and re-seeding unused codes like the image stages. After every epoch all
-vectors are coded and the relative MSE is measured, |x - x_hat|^2 / |x - mean(x)|^2 summed over the
-vectors (0: exact; 1: no better than the mean vector); the epoch with the lowest is kept.
+loss), starting from data and re-seeding unused codes like the image stages; `--quantizer rotation` is EMA here
+(the rotation trick only changes the gradient the fixed vectors get), and `factorized` and `fsq`
+(`stage1_vqvae.modern_quantizers`) learn their projections by Adam on their loss plus the reconstruction MSE.
+After every epoch all vectors are coded and the relative MSE is measured, |x - x_hat|^2 / |x - mean(x)|^2
+summed over the vectors (0: exact; 1: no better than the mean vector); the epoch with the lowest is kept.
 Writes to --out-dir the run files of the training stages (config.json, metrics.jsonl, state.pt to
 resume, ckpt.pt when done), then codes.npy ((N, C) with C = groups, stages or 1, in the smallest
 unsigned dtype that holds K) and meta.json (sizes, relative MSE, codes used and perplexity per codebook).
@@ -31,28 +33,35 @@ from foundation.optimization import Optimization
 from foundation.runtime import configure_backend, cpu_threads, pick_device, progress_disabled, seed_everything
 from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
                                    save_state, say, write_config)
+from stage1_vqvae.config import FACTORIZED_DIM_HELP, FSQ_LEVELS_HELP, QUANTIZER_HELP, QUANTIZERS, check_quantizer
+from stage1_vqvae.modern_quantizers import named_quantizer
 from stage1_vqvae.multi_quantizer import build_quantizer
 
 STAGE = "vectors"
 EVAL_BATCH = 8192
 NPY_MAGIC = b"\x93NUMPY"
+NO_OPTIMIZER = ("ema", "rotation")  # no parameters: the codebooks move in the forward pass
+PROJECTS = ("factorized", "fsq")  # their projections learn from the reconstruction error too
 
 
 @dataclass
 class VectorsConfig:
     input: str = opt("", "the (N, D) float .npy of vectors to code (required; a resumed run remembers it)")
     out_dir: str = opt("runs/vectors", "where the run files, codes.npy and meta.json go")
-    quantizer: str = opt("ema", "codebook update: EMA, or the codebook loss", choices=["ema", "codebook"])
+    quantizer: str = opt("ema", QUANTIZER_HELP, choices=QUANTIZERS)
+    factorized_dim: int = opt(16, FACTORIZED_DIM_HELP)
+    fsq_levels: str = opt("8,8,8", FSQ_LEVELS_HELP)
     codebook_size: int = opt(256, "K, codes in each codebook")
     groups: int = opt(1, "G > 1: product quantization, D split into G groups with a codebook each (G codes a vector)")
     stages: int = opt(1, "N > 1: residual quantization, each of N codebooks codes what the previous left (N codes)")
     beta: float = opt(0.25, "commitment weight")
-    ema_decay: float = opt(0.99, "EMA decay (gamma) for --quantizer ema")
+    ema_decay: float = opt(0.99, "EMA decay (gamma) for --quantizer ema, rotation and factorized")
     dead_code_threshold: float = opt(1.0, "re-seed a code when its average use per batch (EMA) drops below this; "
                                           "0 disables")
     epochs: int = opt(20, "passes over the vectors")
     batch_size: int = opt(1024, "vectors per step")
-    lr: float = opt(1e-3, "peak Adam learning rate of the codebooks (--quantizer codebook only)")
+    lr: float = opt(1e-3, "peak Adam learning rate of the codebooks or projections (--quantizer codebook, "
+                          "factorized, fsq)")
     lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0, or constant", choices=["cosine", "constant"])
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     seed: int = opt(0, "seed for codebook initialisation and shuffling")
@@ -72,9 +81,9 @@ class VectorsConfig:
 
 def build_model(cfg: VectorsConfig) -> torch.nn.Module:
     """The quantizer the config describes, on channels-last (N, D) vectors."""
-    ema = cfg.quantizer == "ema"
-    return build_quantizer(cfg.codebook_size, cfg.embed_dim, cfg.groups, cfg.stages, ema=ema, dim=-1, beta=cfg.beta,
-                           dead_code_threshold=cfg.dead_code_threshold, **({"decay": cfg.ema_decay} if ema else {}))
+    quantizer, options = named_quantizer(cfg)
+    return build_quantizer(cfg.codebook_size, cfg.embed_dim, cfg.groups, cfg.stages, dim=-1, quantizer=quantizer,
+                           **options)
 
 
 def load_quantizer(path, device="cpu") -> torch.nn.Module:
@@ -118,8 +127,12 @@ def check_config(cfg: VectorsConfig, vectors: np.ndarray, sha256: str) -> Vector
         raise UserError(f"{cfg.input} changed since this run started; use --fresh to start over")
     if cfg.groups > 1 and cfg.stages > 1:
         raise UserError("choose --groups (product quantization) or --stages (residual quantization), not both")
-    if min(cfg.groups, cfg.stages, cfg.codebook_size, cfg.epochs, cfg.batch_size) < 1:
-        raise UserError("--groups, --stages, --codebook-size, --epochs and --batch-size must be at least 1")
+    if min(cfg.groups, cfg.stages, cfg.codebook_size, cfg.epochs, cfg.batch_size, cfg.factorized_dim) < 1:
+        raise UserError("--groups, --stages, --codebook-size, --epochs, --batch-size and --factorized-dim must be at "
+                        "least 1")
+    if cfg.stages > 1 and cfg.quantizer not in ("ema", "codebook"):
+        raise UserError(f"--stages takes --quantizer ema or codebook, not {cfg.quantizer}")
+    check_quantizer(cfg.quantizer, cfg.fsq_levels, (cfg.codebook_size,))
     if vectors.shape[1] % cfg.groups:
         raise UserError(f"--groups {cfg.groups} does not divide the vectors' size D = {vectors.shape[1]}")
     return dataclasses.replace(cfg, embed_dim=vectors.shape[1], input_sha256=sha256)
@@ -137,10 +150,16 @@ class EMAOnly:
         pass
 
 
-def train_step(model, batch: torch.Tensor, optimization, progress) -> float:
+def step_loss(model, batch: torch.Tensor, quantizer: str) -> torch.Tensor:
+    """The quantizer's loss, plus the reconstruction MSE for quantizers whose projections must learn to carry x."""
+    quantized, loss, _ = model(batch)
+    return loss + torch.nn.functional.mse_loss(quantized, batch) if quantizer in PROJECTS else loss
+
+
+def train_step(model, batch: torch.Tensor, optimization, progress, quantizer: str) -> float:
     """One step: the EMA update happens in the forward pass; the codebook loss needs an optimizer step."""
     if optimization.optimizer is not None:
-        return optimize(model(batch)[1], model, optimization, progress)
+        return optimize(step_loss(model, batch, quantizer), model, optimization, progress)
     with torch.no_grad():
         loss = model(batch)[1].item()
     if not math.isfinite(loss):
@@ -159,7 +178,8 @@ def train_epoch(model, optimization, vectors: torch.Tensor, cfg: VectorsConfig, 
     bar = tqdm(starts, initial=progress.batch, total=-(-vectors.shape[0] // cfg.batch_size), unit="batch",
                desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", leave=False, disable=progress_disabled())
     for start in bar:
-        bar.set_postfix(loss=f"{train_step(model, vectors[order[start:start + cfg.batch_size]], optimization, progress):.4f}")
+        loss = train_step(model, vectors[order[start:start + cfg.batch_size]], optimization, progress, cfg.quantizer)
+        bar.set_postfix(loss=f"{loss:.4f}")
         if stop.should_stop(vectors.device):
             return None
     return progress.epoch_means()
@@ -225,7 +245,7 @@ def fit(cfg: VectorsConfig, state) -> None:
     vectors = torch.from_numpy(array).float().to(device)
     model = build_model(cfg).to(device)
     total_steps = cfg.epochs * -(-vectors.shape[0] // cfg.batch_size)
-    optimization = (EMAOnly() if cfg.quantizer == "ema"
+    optimization = (EMAOnly() if cfg.quantizer in NO_OPTIMIZER
                     else Optimization.build(model, cfg.optimizer_settings(), total_steps, device))
     progress = restore(state, model, optimization, out_dir)
     write_config(out_dir, cfg)

@@ -7,7 +7,8 @@ import stage2_prior
 from tests.conftest import ROOT
 
 STAGE1 = ["VQVAE", "VQVAEConfig", "load_vqvae", "VectorQuantizer", "EMAVectorQuantizer", "GroupedQuantizer",
-          "ResidualQuantizer", "build_quantizer", "load_quantizer"]
+          "ResidualQuantizer", "build_quantizer", "load_quantizer", "RotationQuantizer", "FactorizedQuantizer",
+          "FiniteScalarQuantizer"]
 STAGE2 = ["GatedPixelCNN", "HierarchicalPrior", "PriorConfig", "build_prior", "load_prior"]
 
 
