@@ -5,7 +5,8 @@ best) and by `tools.evaluate` (`make evaluate`: its accuracy on test images, the
 `tools.common.sample_judge`). The classifier is trained on the run's real training images, with
 flips, for a fixed number of epochs; a seeded, class-stratified tenth of those images chooses the epoch. It is
 cached (stage 1: OUT_DIR/classifier.pt; `make evaluate`: RUN_DIR/eval/classifier.pt, or stage 1's when it was
-trained on the same images) together with what it was trained on, and retrained only when that changes.
+trained on the same images) together with what it was trained on and how (the settings below, the architecture),
+and retrained, with a line saying why, only when that changes.
 """
 
 import copy
@@ -29,7 +30,14 @@ EPOCHS = 15
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3  # the peak of a one-cycle schedule
 VAL_FRACTION = 0.1  # of the training images, to choose the epoch
+WEIGHT_DECAY = 5e-4
 SEED = 0
+ARCHITECTURE = 1  # raise it when SmallCNN computes something else; new names or shapes of its weights are caught anyway
+# what caches written before they recorded these settings were trained with (the settings had never changed)
+RECORDED_LATER = {"learning_rate": 3e-3, "batch_size": 64, "val_fraction": 0.1, "weight_decay": 5e-4, "architecture": 1}
+# how the reason for retraining names a setting, where its key does not say it
+SETTING_NAMES = {"images_sha256": "set of images", "train_images": "number of images", "data_dir": "data folder",
+                 "num_classes": "number of classes", "val_fraction": "validation share", "epochs": "number of epochs"}
 EVAL_BATCH = 256
 
 
@@ -87,7 +95,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     model = new_classifier(num_classes, WIDTH, seed, device)
     generator = torch.Generator().manual_seed(seed)
     steps = EPOCHS * math.ceil(len(train_idx) / BATCH_SIZE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=5e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps)
     best = {"epoch": 0, "val_accuracy": -1.0, "state": None}
     bar = tqdm(range(1, EPOCHS + 1), desc=desc, unit="epoch", disable=progress_disabled())
@@ -124,7 +132,9 @@ def describe_training_set(images: torch.Tensor, labels: torch.Tensor, num_classe
     digest = hashlib.sha256(images.contiguous().numpy().tobytes())
     digest.update(labels.contiguous().numpy().tobytes())
     return {**source, "image_size": images.shape[-1], "train_images": images.shape[0], "num_classes": num_classes,
-            "images_sha256": digest.hexdigest(), "width": WIDTH, "epochs": EPOCHS, "seed": SEED}
+            "images_sha256": digest.hexdigest(), "width": WIDTH, "epochs": EPOCHS, "seed": SEED,
+            "learning_rate": LEARNING_RATE, "batch_size": BATCH_SIZE, "val_fraction": VAL_FRACTION,
+            "weight_decay": WEIGHT_DECAY, "architecture": ARCHITECTURE}
 
 
 def classifier_source(dataset: str, data_dir: str) -> dict:
@@ -134,30 +144,51 @@ def classifier_source(dataset: str, data_dir: str) -> dict:
 
 def cached_classifier(path: Path, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device,
                       also_at: tuple = (), **source) -> nn.Module:
-    """The classifier cached at `path` (or at one of the paths `also_at`) when it was trained on the same images,
-    else one trained now and cached at `path`."""
+    """The classifier cached at `path` (or at one of the paths `also_at`) when it was trained on the same images
+    in the same way, else one trained now (saying why, when a cache was found) and cached at `path`."""
     trained_on = describe_training_set(images, labels, num_classes, **source)
+    reasons = []
     for place in (path, *also_at):
-        reused = reuse(place, trained_on, device)
+        reused, why = reuse(place, trained_on, device)
         if reused is not None:
             return reused
+        reasons.append(why)
+    why = next((reason for reason in reasons if reason), None)
+    if why:
+        print(f"retraining the classifier: {why}")
     model, chosen = train_classifier(images, labels, num_classes, device)
     save_checkpoint(path, "classifier", {"num_classes": num_classes, "width": WIDTH},
                     {k: v.cpu() for k, v in model.state_dict().items()}, trained_on=trained_on, **chosen)
     return model
 
 
-def reuse(path: Path, trained_on: dict, device) -> nn.Module | None:
-    """The model cached at `path` if it was trained on `trained_on`; None when it is missing, stale or unreadable."""
+def reuse(path: Path, trained_on: dict, device) -> tuple:
+    """(the model cached at `path`, None) if it was trained on `trained_on`, else (None, why not: None when missing)."""
     if not path.is_file():
-        return None
+        return None, None
     try:
         ckpt = load_checkpoint(path, "classifier", map_location=device)
     except UserError as why:
-        print(f"retraining the classifier: {why}")
-        return None
-    if ckpt.get("trained_on") != trained_on:
-        return None
-    model = new_classifier(ckpt["config"]["num_classes"], ckpt["config"]["width"], SEED, device)
+        return None, str(why)
+    saved = ckpt.get("trained_on")
+    if not isinstance(saved, dict):
+        return None, f"the one cached in {path} does not say what it was trained on"
+    differ = settings_that_differ({**RECORDED_LATER, **saved}, trained_on)
+    if differ:
+        return None, f"the one cached in {path} was trained with a different {', '.join(differ)}"
+    model = new_classifier(trained_on["num_classes"], WIDTH, SEED, device)
+    if not isinstance(ckpt["model"], dict) or shapes(ckpt["model"]) != shapes(model.state_dict()):
+        return None, f"the weights cached in {path} do not fit today's classifier (a different architecture)"
     model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return model.eval(), None
+
+
+def settings_that_differ(saved: dict, wanted: dict) -> list:
+    """The names of the entries in which two descriptions of a training (`describe_training_set`) differ."""
+    keys = [*wanted, *(key for key in saved if key not in wanted)]
+    return [SETTING_NAMES.get(key, key.replace("_", " ")) for key in keys if saved.get(key) != wanted.get(key)]
+
+
+def shapes(state: dict) -> dict:
+    """{name: shape} of a state dict's tensors."""
+    return {name: tuple(getattr(tensor, "shape", ())) for name, tensor in state.items()}
