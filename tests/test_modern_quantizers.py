@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from foundation.cli import UserError, build_parser, given_config_values, saved_config_from
 from foundation.files import load_checkpoint
@@ -206,6 +207,38 @@ def test_quantizers_compute_in_fp32_under_bf16_autocast(kind):
     exact_out, _, exact_indices = q(z.float())  # the same values without autocast
     assert torch.equal(indices, exact_indices) and torch.equal(searched, exact_indices.flatten())
     assert torch.equal(out, exact_out)
+
+
+class HostWaitSpy(TorchDispatchMode):
+    """Records the operators that make the host wait for the device: a value read back, a shape read from data."""
+
+    WAITING = {"_local_scalar_dense", "nonzero", "bincount", "_unique2", "unique_dim", "masked_select"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.WAITING:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+# training mode of the EMA codebooks runs stage1_vqvae.quantizer's own statistics, outside this module
+@pytest.mark.parametrize("kind,training", [("fsq", True), ("fsq", False), ("rotation", False), ("factorized", False)])
+def test_a_forward_and_backward_pass_never_makes_the_host_wait(kind, training):
+    q = make(kind).train()
+    q(torch.randn(64, D))
+    q.train(training)
+    z = torch.randn(64, D, requires_grad=True)
+    with HostWaitSpy() as spy:
+        out, loss, _ = q(z)
+        (out.sum() + loss).backward()
+        rotate_to(z, torch.randn(64, D)).sum().backward()
+    assert spy.seen == []
+    with HostWaitSpy() as spy:
+        loss.detach().item()
+    assert spy.seen == ["_local_scalar_dense"]  # the spy sees a read-back
 
 
 def test_grouped_quantizers_take_the_new_ones_and_residual_stages_refuse_them():
