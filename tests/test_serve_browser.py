@@ -1,6 +1,6 @@
 """The run's web page in a real browser: headless Chromium (Debian's chromium and chromium-driver) driven by Selenium.
 
-SERVE_SCREENSHOT=docs/pictures/serve.png also saves the screenshot there (the README's picture).
+SERVE_SCREENSHOT=PATH also keeps the screenshot at PATH.
 """
 
 import os

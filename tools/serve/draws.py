@@ -2,17 +2,18 @@
 
 A draw calls `emit(event)` with JSON-ready dicts: {"event": "start", "total"}, then {"event": "row", "level",
 "row", "done", "total", "image"} as each row of codes is final (the samplers' `on_row`), then {"event": "done",
-"image", "codes", "seconds"}. A row's image is the maps decoded so far, the rows not drawn yet greyed out (a
-picture once as much time has passed since the last one as decoding it took, so decoding takes at most about
-half the time; always the last row's). With two levels the top level's rows are
-progress only, without an image: the decoder needs the bottom map, and a bottom of zeros would show a made-up
-picture. `emit` raising (the page went away) stops the draw inside the sampler. Used by `tools.serve.app`.
+"image", "codes", "seconds"}. A row's image is the maps decoded so far, the rows not drawn yet greyed out (each
+row has one in maps of up to MAX_FRAMES rows; taller maps every few rows and the last). With two levels the top
+level's rows are progress only, without an image: the decoder needs the bottom map, and a bottom of zeros would
+show a made-up picture. `emit` raising (the page went away) stops the draw inside the sampler. Used by
+`tools.serve.app`.
 """
 
 import base64
 import collections
 import contextlib
 import io
+import math
 import threading
 import time
 
@@ -28,6 +29,7 @@ from stage1_vqvae.data import to_model_range
 from tools.common.drawing import decode_uint8
 from tools.complete import complete, grey_out, repeat_maps
 
+MAX_FRAMES = 16  # pictures per level: decoding every row of a tall map would slow its draw down
 WAIT_SECONDS = 0.5  # how often a queued draw says it is still waiting (and finds out whether its page is gone)
 
 
@@ -96,21 +98,17 @@ class LiveDraw:
         self.emit, self.vqvae, self.picture = emit, vqvae, picture
         self.maps, self.total = list(maps), total  # the maps being filled, top level first
         self.done, self.images = 0, None
-        self.last_frame, self.decode_seconds = 0.0, 0.0  # when the last picture was sent, how long it took
 
     def on_row(self, level: int, i: int, codes: torch.Tensor) -> None:
         """Send row i of `level` (the picture when due); raises when the page went away, which stops the draw."""
         self.maps[level] = codes
         self.done += 1
         event = {"event": "row", "level": level, "row": i, "done": self.done, "total": self.total}
-        last_row = i == codes.shape[1] - 1
-        if level == len(self.maps) - 1 and (last_row or time.monotonic() - self.last_frame >= self.decode_seconds):
-            started = time.monotonic()
+        height = codes.shape[1]
+        if level == len(self.maps) - 1 and ((i + 1) % math.ceil(height / MAX_FRAMES) == 0 or i == height - 1):
             images = to_model_range(decode_uint8(self.vqvae, tuple(self.maps), codes.device))
-            self.images = grey_out(images, i + 1, codes.shape[1])
+            self.images = grey_out(images, i + 1, height)
             event["image"] = png_data_url(self.picture(self.images))
-            self.last_frame = time.monotonic()
-            self.decode_seconds = self.last_frame - started
         self.emit(event)
 
 

@@ -99,7 +99,7 @@ function onEvent(panel, event) {
 function showImage(panel, url) {
   const img = $(panel, "img.result");
   img.onload = () => {
-    img.style.width = `${Math.min(4, Math.max(1, Math.floor(720 / img.naturalWidth))) * img.naturalWidth}px`;
+    img.style.width = `${Math.min(4, Math.max(1, Math.floor(560 / img.naturalWidth))) * img.naturalWidth}px`;
   };
   img.src = url;
   img.hidden = false;

@@ -47,8 +47,14 @@ function stageView(stage) {
     box.append(element("p", "not trained yet"));
     return box;
   }
-  if (stage.best) box.append(element("p", `best epoch ${stage.best.epoch}:`), table(without(stage.best, "epoch")));
-  if (stage.curves.length) box.append(curveView(stage.curves));
+  const body = element("div", undefined, "stage-body");
+  if (stage.best) {
+    const best = element("div");
+    best.append(element("p", `best epoch ${stage.best.epoch}:`), table(without(stage.best, "epoch")));
+    body.append(best);
+  }
+  if (stage.curves.length) body.append(curveView(stage.curves));
+  box.append(body);
   const details = element("details");
   details.append(element("summary", "config.json"), element("pre", JSON.stringify(stage.config, null, 2)));
   box.append(details);
@@ -84,8 +90,8 @@ function curveView(records) {
   const redraw = () => holder.replaceChildren(chart(records, groups[select.value]));
   select.addEventListener("change", redraw);
   redraw();
-  box.append(holder, element("label", "curve"));
-  box.lastChild.append(select);
+  box.append(element("label", "curve"), holder);
+  box.firstChild.append(select);
   return box;
 }
 
@@ -114,7 +120,7 @@ function chart(records, keys) {
   keys.forEach((key, i) => {
     const line = records.filter((r) => key in r).map((r) => `${sx(r.epoch ?? 0)},${sy(r[key])}`).join(" ");
     add("polyline", { points: line, fill: "none", stroke: colours[i % colours.length], "stroke-width": 2 });
-    add("text", { x: pad + 8 + 110 * i, y: pad - 8, fill: colours[i % colours.length] }, key);
+    add("text", { x: pad + 8 + 130 * i, y: pad - 8, style: `fill: ${colours[i % colours.length]}` }, key);
   });
   return svg;
 }
