@@ -223,6 +223,13 @@ def test_a_run_without_a_prior_shows_what_is_missing_and_the_rest(runs, tmp_path
         status, info = request(server, "GET", "/api/info")
         assert status == 200 and info["stages"]["vqvae"]["config"]["levels"] == 1 and info["codes"]["num_classes"]
         assert request(server, "GET", "/api/recon")[0] == 200 and request(server, "GET", "/api/test-image")[0] == 200
+    shutil.rmtree(partial / "vqvae")
+    with served(partial) as server:
+        assert [line.split("`")[1] for line in request(server, "GET", "/api/run")[1]["missing"]] == [
+            f"make {target} RUN_DIR={partial}" for target in ("train-vqvae", "train-prior")]
+        status, answer = request(server, "GET", "/api/recon")
+        assert status == 400 and "make train-vqvae" in answer["error"]
+        assert request(server, "GET", "/api/info")[1]["stages"]["vqvae"]["config"] is None
 
 
 def test_the_run_tab_shows_configs_figures_and_curves(runs, tmp_path):

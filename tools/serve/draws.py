@@ -161,10 +161,10 @@ def draw_completions(session, args, image: torch.Tensor, labels, emit) -> None:
     x = to_model_range(image.to(session.device))
     codes = run.vqvae.encode_levels(x)
     height = run.prior.cfg.grid_height
-    kept = grey_out(run.vqvae.decode_indices(codes), args.keep_rows, height)
+    shown = torch.cat([x, grey_out(run.vqvae.decode_indices(codes), args.keep_rows, height)]).cpu()  # as decode_uint8
 
     def picture(images):
-        return to_pil_image(grid_of(torch.cat([x, kept, images]), nrow=2 + times))
+        return to_pil_image(grid_of(torch.cat([shown, images]), nrow=2 + times))
 
     live = LiveDraw(emit, run.vqvae, repeat_maps(codes, times), height, picture)
     emit({"event": "start", "total": live.total})

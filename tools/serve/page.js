@@ -48,7 +48,7 @@ function setup(run) {
     $(panel, "button.draw").disabled = !run.can_draw;
     if (!run.can_draw) showError(panel, "Drawing needs the whole run: " + run.missing.join("; "));
   });
-  if (!run.class_conditional) {
+  if (run.can_draw && !run.class_conditional) {
     showError($(document, "#classes"), "A row per class needs a class-conditional prior (train it with --class-conditional).");
     $(document, "#classes button.draw").disabled = true;
   }
