@@ -192,6 +192,10 @@ def test_unknown_pages_and_oversized_requests_are_refused(server):
     response = connection.getresponse()
     assert response.status == 413 and "MiB" in json.loads(response.read())["error"]
     connection.close()
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    connection.request("POST", "/api/sample", b"{}", {"Content-Length": "-5"})
+    assert connection.getresponse().status == 411
+    connection.close()
 
 
 def test_two_levels_draw_the_top_rows_as_progress_then_show_the_bottom_rows(runs):

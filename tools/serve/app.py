@@ -120,7 +120,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def read_body(self) -> dict:
         """The request's JSON object."""
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit():
+            raise HttpError(411, "the request needs a valid Content-Length")
+        length = int(length)
         if length > MAX_BODY:
             raise HttpError(413, f"the request is over {MAX_BODY >> 20} MiB")
         try:
