@@ -29,8 +29,8 @@ class Dropout(nn.Module):
             return F.dropout(x, self.p, training=True)
         words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each
         bits = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF  # uniform in [0, 32768)
-        scaled_keep = (bits < round((1 - self.p) * 32768)).to(x.dtype).mul_(1 / (1 - self.p))
-        return x * scaled_keep
+        keep = bits < round((1 - self.p) * 32768)
+        return (x * keep).mul_(1 / (1 - self.p))  # a Python scale: bf16 rounds the product once, not 1/(1-p) too
 
 
 def gate(x: torch.Tensor) -> torch.Tensor:
