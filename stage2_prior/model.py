@@ -116,8 +116,12 @@ class GatedPixelCNN(nn.Module):
             labels = labels.expand(batch)
         if labels.shape != (batch,):
             raise ValueError(f"labels must be an int or a ({batch},) tensor, got shape {tuple(labels.shape)}")
-        if labels.min() < 0 or labels.max() >= self.cfg.num_classes:
-            raise ValueError(f"labels must be in [0, {self.cfg.num_classes})")
+        in_range = (labels >= 0).all() & (labels < self.cfg.num_classes).all()
+        message = f"labels must be in [0, {self.cfg.num_classes})"
+        if self.training:  # checked on the device: reading the answer back would make every step wait for it
+            torch._assert_async(in_range, message)
+        elif not in_range:
+            raise ValueError(message)
         return labels
 
     def condition_features(self, cond, batch: int) -> torch.Tensor | None:
@@ -137,14 +141,17 @@ class GatedPixelCNN(nn.Module):
         dropped = torch.rand(labels.shape, device=labels.device) < self.cfg.label_dropout  # global RNG: resumable
         return labels.masked_fill(dropped, self.null_class)
 
-    def layer_biases(self, labels, cond, batch: int, device, guided: bool = False) -> list:
+    def layer_biases(self, labels, cond, batch: int, device, guided: bool = False, unconditional: bool = False) -> list:
         """What each layer adds inside its gates, from the class labels and the conditioning map.
 
         `guided`: for 2 * batch rows, the given labels then as many null labels (the unconditional half).
+        `unconditional`: the null label in place of every given one (guidance scale 0).
         """
         labels = self._check_labels(labels, batch, device)
         features = self.condition_features(cond, batch)
-        if guided:
+        if unconditional:
+            labels = torch.full_like(labels, self.null_class)
+        elif guided:
             labels = torch.cat([labels, torch.full_like(labels, self.null_class)])
             features = None if features is None else torch.cat([features, features])
         labels = self._drop_labels(labels)  # once: every layer sees the same label
@@ -247,10 +254,14 @@ class GatedPixelCNN(nn.Module):
     def _draw(self, n, given, keep_rows, labels, temperature, top_k, generator, naive, cond, guidance,
               on_row=None) -> torch.Tensor:
         scale = self.guidance_scale(guidance)
+        unconditional = scale == 0 and self.null_class is not None
+        if unconditional:  # uncond + 0 * (cond - uncond) is the null label's logits: n rows, not 2n
+            scale = 1.0
         was_training = self.training
         self.eval()
         try:
-            biases = self.layer_biases(labels, cond, n, self.embedding.weight.device, guided=scale != 1)
+            biases = self.layer_biases(labels, cond, n, self.embedding.weight.device, guided=scale != 1,
+                                       unconditional=unconditional)
             if not naive:
                 return sample_cached(self, n, biases, temperature, top_k, generator, given, keep_rows, scale, on_row)
             return self._draw_naive(n, given, keep_rows, biases, scale, temperature, top_k, generator, on_row)

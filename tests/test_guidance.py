@@ -93,6 +93,21 @@ def test_scale_one_is_plain_conditional_sampling_in_one_pass(naive):
         assert torch.equal(got, expected)
     assert rows_run(model, naive=naive, guidance=1.0) == {6}
     assert rows_run(model, naive=naive, guidance=2.0) == {12}
+    assert rows_run(model, naive=naive, guidance=0.0) == {6}  # the null label's rows alone (issue 35)
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_scale_zero_is_plain_sampling_with_the_null_label(naive):
+    model = guided_prior()
+    biases = model.layer_biases(LABELS, None, 6, "cpu", unconditional=True)  # every row shows the null label
+    height, width = model.cfg.grid_height, model.cfg.grid_width
+    generator, expected = torch.Generator().manual_seed(3), torch.zeros(6, height, width, dtype=torch.long)
+    for i in range(height):
+        for j in range(width):
+            logits = model._run_layers(model.embedding(expected).permute(0, 3, 1, 2), biases)[:, :, i, j]
+            expected[:, i, j] = draw(logits, 0.8, 6, generator)
+    got = model.sample(6, LABELS, 0.8, 6, torch.Generator().manual_seed(3), naive=naive, guidance=0.0)
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("guidance", [0.0, 0.5, 3.0])

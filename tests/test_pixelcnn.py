@@ -67,7 +67,9 @@ def test_labels_must_match_the_prior_kind():
     with pytest.raises(ValueError, match="class-conditional"):
         GatedPixelCNN(tiny_prior_config(class_conditional=True))(codes)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        GatedPixelCNN(tiny_prior_config(class_conditional=True))(codes, torch.tensor([0, 3]))
+        GatedPixelCNN(tiny_prior_config(class_conditional=True)).eval()(codes, torch.tensor([0, 3]))
+    with pytest.raises(RuntimeError, match=r"\[0, 3\)"):  # training checks on the device, without waiting for it
+        GatedPixelCNN(tiny_prior_config(class_conditional=True)).train()(codes, torch.tensor([0, 3]))
 
 
 def test_log_prob_is_the_sum_of_per_position_log_probabilities():
