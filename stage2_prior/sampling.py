@@ -41,7 +41,7 @@ class _LayerCache:
         self.vertical_in = like.new_zeros(n, channels, height + self.top, width + 2 * self.half)
         self.horizontal_in = like.new_zeros(n, channels, 1, width + self.half + 1)
         # Flattened horizontal kernel, so each position is one matrix product: (2C, C * (half + 1)).
-        self.h_weight = layer.horizontal.weight.flatten(1)
+        self.h_weight_t = layer.horizontal.weight.flatten(1).t()
 
     def vertical_row(self, i: int) -> torch.Tensor:
         """Pre-activation vertical features of row i: (n, 2C, 1, W)."""
@@ -58,10 +58,11 @@ class _LayerCache:
         self.vertical_in[:, :, i + self.top, self.half + j] = value
 
     def horizontal_at(self, j: int) -> torch.Tensor:
-        """Pre-activation horizontal features at column j of the current row: (n, 2C)."""
+        """Horizontal convolution at column j of the current row, without its bias (`_vertical_pass` folds it in
+        once per row): (n, 2C)."""
         first = j + self.half + 1 - self.half - self.shift
         window = self.horizontal_in[:, :, 0, first : first + self.half + 1]  # columns j-half-shift .. j-shift
-        return F.linear(window.flatten(1), self.h_weight, self.layer.horizontal.bias)
+        return window.flatten(1) @ self.h_weight_t
 
     def write_horizontal_input(self, j: int, value: torch.Tensor) -> None:
         self.horizontal_in[:, :, 0, j + self.half + 1] = value
@@ -121,9 +122,9 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
                 on_row(i, codes)
             continue
         for j in range(width):
-            logits = guide(_horizontal_logits(model, caches, to_horizontal, biases, previous, i, j), scale)  # (n, K)
-            if i >= keep_rows:  # a kept code is not drawn, but its keys and values are cached
-                codes[:, i, j] = draw(logits, temperature, top_k, generator)
+            h = _horizontal_stack(model, caches, to_horizontal, biases, previous, i, j)
+            if i >= keep_rows:  # a kept code is not drawn (no logits), but its keys and values are cached
+                codes[:, i, j] = draw(guide(_head(model, h), scale), temperature, top_k, generator)
             previous = doubled(F.embedding(codes[:, i, j], weight), scale)  # (rows, C)
             caches[0].write_horizontal_input(j, previous)
             caches[0].write_vertical_position(i, j, previous)
@@ -134,32 +135,39 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
 
 def _vertical_pass(caches: list, biases: list, i: int) -> list:
     """Every layer's vertical stack for row i: feeds the next layer's vertical input and returns, per layer,
-    what the vertical stack adds to the horizontal one along the row: (n, 2C, W)."""
+    what the horizontal stack adds to its convolution along the row, folded once for the whole row: the vertical
+    stack's contribution, the gate bias and the horizontal convolution's own bias, (n, W, 2C)."""
     to_horizontal = []
     for l, cache in enumerate(caches):
         v_pre = cache.vertical_row(i)  # (n, 2C, 1, W)
-        to_horizontal.append(cache.layer.vertical_to_horizontal(v_pre)[:, :, 0])
+        row = cache.layer.vertical_to_horizontal(v_pre)[:, :, 0] + biases[l][:, :, i]  # (n, 2C, W)
+        to_horizontal.append((row + cache.layer.horizontal.bias[:, None]).transpose(1, 2).contiguous())
         if l + 1 < len(caches):
             caches[l + 1].write_vertical_input(i, gate(v_pre + biases[l][:, :, i : i + 1])[:, :, 0])
         cache.start_row()
     return to_horizontal
 
 
-def _horizontal_logits(model, caches: list, to_horizontal: list, biases: list, previous: torch.Tensor, i: int,
-                       j: int) -> torch.Tensor:
-    """Every layer's horizontal stack (and attention block) at (i, j), then the head: the logits of (i, j), (n, K).
+def _horizontal_stack(model, caches: list, to_horizontal: list, biases: list, previous: torch.Tensor, i: int,
+                      j: int) -> torch.Tensor:
+    """Every layer's horizontal stack (and attention block) at (i, j): the features the head reads, (n, C).
 
     `previous` (n, C) is the embedded code before (i, j) in raster order, which attention blocks read.
     """
     h = None
     for l, cache in enumerate(caches):
-        h_pre = cache.horizontal_at(j) + to_horizontal[l][:, :, j] + biases[l][:, :, i, j]
+        h_pre = cache.horizontal_at(j) + to_horizontal[l][:, j]
         h_out = _linear_1x1(cache.layer.horizontal_out, gate(h_pre))
         h = h_out if cache.layer.first else h_out + h
         if cache.attention is not None:
             h = cache.attention.step(h, previous, i * model.cfg.grid_width + j)
         if l + 1 < len(caches):
             caches[l + 1].write_horizontal_input(j, h)
+    return h
+
+
+def _head(model, h: torch.Tensor) -> torch.Tensor:
+    """The head at one position: features (n, C) -> logits (n, K)."""
     head_hidden, head_out = model.head[1], model.head[3]
     return _linear_1x1(head_out, F.relu(_linear_1x1(head_hidden, F.relu(h))))
 
