@@ -12,7 +12,8 @@ class TrainingFlags:
                            choices=["cosine", "constant"])
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
-    compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA; falls back to eager)")
+    compile: bool | None = opt(None, "torch.compile the training step (auto: on with CUDA); a failed compilation "
+                                     "stops the run with torch's error, and --no-compile runs without it")
     precision: str = opt("auto", "auto: bf16 on CUDA and on CPUs with native bf16, else fp32",
                          choices=["auto", "fp32", "bf16"])
 

@@ -27,6 +27,7 @@ from foundation.optimization import Optimization
 CKPT = "ckpt.pt"
 STATE = "state.pt"
 METRICS = "metrics.jsonl"
+READ_EVERY = 50  # training steps between reads of the logged sums on the host: a read waits for the device
 
 
 @dataclass
@@ -42,16 +43,31 @@ class Progress:
     best_model: dict = field(default_factory=dict)
     best_metrics: dict = field(default_factory=dict)
 
-    def add(self, **values: float) -> None:
-        """Add one batch's losses to the current epoch's running sums."""
-        for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
+    def __post_init__(self):
+        self.pending = PendingSums()  # not a field: what steps left on the device since the last read
+
+    def add(self, **values: torch.Tensor) -> None:
+        """Add one batch's scalars (tensors, left on their device) to the current epoch's running sums."""
+        self.pending.add(self.sums, values)
+
+    def read(self) -> None:
+        """Bring the running sums to the host (one transfer); a UserError if a step since the last read was not
+        finite (the optimizer skipped it on the device)."""
+        self.sums, bad = self.pending.read(self.sums)
+        if bad is not None:
+            step, loss, grad = bad
+            where = f"epoch {self.epoch + 1}, step {int(step) + 1}"
+            advice = "state.pt keeps the last good state; try a lower --lr or --precision fp32"
+            what = f"the loss became {loss}" if not math.isfinite(loss) else f"a gradient became {grad}"
+            raise UserError(f"{what} at {where}; {advice}")
 
     def epoch_means(self) -> dict:
+        self.read()
         return {name: total / max(self.batch, 1) for name, total in self.sums.items()}
 
     def record_epoch(self, metric: float, model: torch.nn.Module, metrics: dict) -> bool:
         """Close a finished epoch; keep the weights if `metric` (lower is better) is the best finite one."""
+        self.read()
         self.epoch += 1
         self.batch, self.sums = 0, {}
         if math.isfinite(metric) and metric < self.best_metric:
@@ -106,28 +122,63 @@ def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
 
 
 def optimize(loss: torch.Tensor, model: torch.nn.Module, optimization: Optimization, progress: Progress,
-             **logged) -> float:
-    """Backward and step, adding the loss (and `logged` scalars) to the epoch's sums; returns the loss.
+             **logged) -> None:
+    """Backward and step, adding the loss (and `logged` scalars) to the epoch's sums on the device.
 
-    Stops with a message, before stepping, on a non-finite loss or gradient. The loss, the gradient
-    norm and the logged values reach the host in one transfer: one synchronisation per step.
+    Nothing here waits for the device: a non-finite loss or gradient makes the optimizer skip the step on the
+    device, and the next `progress.read()` stops the run with a message.
     """
     optimization.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-    loss_value, grad_value, *logged_values = torch.stack(
-        [loss.detach().float(), grad_norm.float(), *(v.detach().float() for v in logged.values())]).tolist()
-    where = f"epoch {progress.epoch + 1}, step {progress.step + 1}"
-    advice = "state.pt keeps the last good state; try a lower --lr or --precision fp32"
-    if not math.isfinite(loss_value):
-        raise UserError(f"the loss became {loss_value} at {where}; {advice}")
-    if not math.isfinite(grad_value):
-        raise UserError(f"a gradient became {grad_value} at {where}; {advice}")
-    optimization.step(distributed.unwrap(model))
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+    optimization.step(distributed.unwrap(model), skip=~finite)
+    progress.pending.note_finite(finite, progress.step, loss, grad_norm)
     progress.step += 1
     progress.batch += 1
-    progress.add(loss=loss_value, **dict(zip(logged, logged_values)))
-    return loss_value
+    progress.add(loss=loss, **logged)
+
+
+def read_now(progress: Progress) -> bool:
+    """Whether the loop should read the sums at this step (every READ_EVERY steps), for the progress bar."""
+    return progress.step % READ_EVERY == 0
+
+
+class PendingSums:
+    """The epoch's running sums while they live on the device, and the first non-finite step since the last read.
+
+    Sums are float64 and continue from the host's values, so an epoch's means are the same sums, in the same
+    order, as when each step's values were read one by one.
+    """
+
+    def __init__(self):
+        self.sums = None  # (values,) float64 on the device, in the order of self.names
+        self.names = []
+        self.bad = None  # (step, loss, gradient norm) of the first non-finite step; step -1: none
+
+    def add(self, host: dict, values: dict) -> None:
+        stacked = torch.stack([torch.as_tensor(v).detach().float() for v in values.values()]).double()
+        if self.sums is None:
+            self.names = list(values)
+            start = [host.get(name, 0.0) for name in self.names]
+            self.sums = torch.tensor(start, dtype=torch.float64).to(stacked.device, non_blocking=True)
+        self.sums = self.sums + stacked
+
+    def note_finite(self, finite: torch.Tensor, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        record = torch.stack([torch.full_like(grad_norm, step, dtype=torch.float64), loss.detach().double(),
+                              grad_norm.double()])
+        if self.bad is None:
+            self.bad = torch.full_like(record, -1.0)
+        self.bad = torch.where((self.bad[0] < 0) & ~finite, record, self.bad)
+
+    def read(self, host: dict) -> tuple:
+        """(the running sums as a dict of floats, (step, loss, grad) of the first non-finite step or None)."""
+        if self.sums is None:
+            return host, None
+        values = torch.cat([self.sums, self.bad]).tolist()
+        sums, bad = dict(zip(self.names, values)), values[len(self.names):]
+        self.__init__()
+        return {**host, **sums}, (bad if bad[0] >= 0 else None)
 
 
 class StopSignal:
@@ -139,8 +190,11 @@ class StopSignal:
     def __init__(self):
         self.requested = None  # the signal number once one arrived
 
-    def should_stop(self, device) -> bool:
-        """Whether to stop after this step (agreed by all ranks, so they stop at the same step)."""
+    def should_stop(self, device, step: int) -> bool:
+        """Whether to stop after this step, agreed by all ranks so they stop at the same step: under torchrun
+        the ranks compare flags every READ_EVERY steps only (each comparison waits for the devices)."""
+        if distributed.active() and step % READ_EVERY:
+            return False
         return distributed.any_rank(self.requested is not None, device)
 
     def _handle(self, signum, frame):
@@ -219,6 +273,7 @@ def save_state(out_dir: Path, stage: str, config, model, optimization: Optimizat
                **extra) -> None:
     """Write (rank 0) everything needed to resume from this step, with the stage's `extra` states; all ranks
     wait for the write."""
+    progress.read()  # the running sums, and a stop before anything non-finite is saved
     ranks = distributed.gather_objects(rng_states())
     if distributed.is_main():
         _write_state(out_dir, stage, config, model, optimization, progress, ranks, extra)

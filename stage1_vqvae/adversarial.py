@@ -90,7 +90,8 @@ class Adversary:
             torch.manual_seed(DISCRIMINATOR_SEED)
             discriminator = PatchDiscriminator(channels, layers)
         self.discriminator = discriminator.to(device, memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=ADAM_BETAS)
+        # fused, as the VQ-VAE's own (foundation.optimization): the unfused step reads every parameter's step count
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=ADAM_BETAS, fused=True)
 
     def active(self, step: int) -> bool:
         return step >= self.start_step

@@ -6,6 +6,8 @@ Two ways to learn the codebook (SPEC.md):
   (training mode only); only the commitment term is a loss.
 Both initialise the codebook from the first training batch and re-seed codes that stop being used,
 so the codebook does not collapse to a few codes. Distances and EMA statistics are always fp32.
+A training step never waits for the device: counts, dead codes and their replacements are computed
+with fixed shapes (every code gets a candidate row each step; only the dead ones take it).
 Under data-parallel training, counts and sums are summed over ranks and replacement codes are drawn
 from the encoder outputs of all ranks by rank 0, which sends its draw to the others, so every rank keeps
 the same codebook (the one a single process would keep for the whole global batch, up to float rounding).
@@ -38,12 +40,18 @@ class _QuantizerBase(nn.Module):
         self.dead_code_threshold = dead_code_threshold
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("usage", torch.zeros(codebook_size))  # EMA of times chosen per batch
+        self.known_initialized = False  # `initialized` as the host last read it: read once, not every step
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.known_initialized = False  # the loaded buffer decides, at the next training step
 
     @property
     def codebook(self) -> torch.Tensor:  # (K, D)
         raise NotImplementedError
 
     def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Codes where the bool mask `which` (K,) is set become the rows of `vectors` (K, D) at the same places."""
         raise NotImplementedError
 
     def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
@@ -79,7 +87,8 @@ class _QuantizerBase(nn.Module):
     @torch.no_grad()
     def _init_from_data(self, flat: torch.Tensor) -> None:
         """Start every code at an encoder output, so all codes begin inside the data."""
-        self._set_codes(torch.arange(self.codebook_size, device=flat.device), self._random_rows(flat, self.codebook_size))
+        self._set_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=flat.device),
+                        self._random_rows(flat, self.codebook_size))
         self.usage.fill_(self._grace_usage())
         self.initialized.fill_(True)
 
@@ -90,11 +99,9 @@ class _QuantizerBase(nn.Module):
         self.usage.mul_(0.99).add_(counts, alpha=0.01)
         if self.dead_code_threshold <= 0:
             return
-        dead = ((self.usage < self.dead_code_threshold) & (counts == 0)).nonzero().squeeze(1)
-        if dead.numel() == 0:
-            return
-        self._set_codes(dead, self._random_rows(flat, dead.numel()))
-        self.usage[dead] = self._grace_usage()
+        dead = (self.usage < self.dead_code_threshold) & (counts == 0)  # (K,)
+        self._set_codes(dead, self._random_rows(flat, self.codebook_size))
+        self.usage.masked_fill_(dead, self._grace_usage())
 
     def _grace_usage(self) -> float:
         """Usage given to a new code: never chosen, it decays below the threshold in about 20 steps."""
@@ -125,12 +132,14 @@ class _QuantizerBase(nn.Module):
         The codes come from the codebook the search used: in training mode the codebook moves afterwards.
         """
         flat = z.reshape(-1, self.embed_dim)  # (N, D)
-        if self.training and not bool(self.initialized):
-            self._init_from_data(flat.detach())
+        if self.training and not self.known_initialized:
+            if not bool(self.initialized):  # once per process: the first step, or the first after loading
+                self._init_from_data(flat.detach())
+            self.known_initialized = True
         indices = self.nearest_codes(flat.detach())  # (N,)
         codes = self.embed_code(indices).view(z.shape)
         if self.training:
-            counts = all_reduce_sum_(torch.bincount(indices, minlength=self.codebook_size).float())
+            counts = all_reduce_sum_(code_counts(indices, self.codebook_size))
             self._codebook_update(flat.detach(), indices, counts)
             self._track_usage_and_reseed(flat.detach(), counts)
         return codes, self._vq_loss(z, codes), indices.view(z.shape[:-1])
@@ -149,7 +158,7 @@ class VectorQuantizer(_QuantizerBase):
         return self.embedding
 
     def _set_codes(self, which, vectors):
-        self.embedding.data[which] = vectors
+        self.embedding.data.copy_(torch.where(which[:, None], vectors, self.embedding.data))
 
     def _vq_loss(self, z, quantized):
         codebook_loss = F.mse_loss(quantized, z.detach())  # moves the codes (gradient reaches the codebook)
@@ -183,9 +192,9 @@ class EMAVectorQuantizer(_QuantizerBase):
         return self.embedding
 
     def _set_codes(self, which, vectors):
-        self.embedding[which] = vectors
-        self.embed_sum[which] = vectors
-        self.cluster_size[which] = 1.0
+        self.embedding.copy_(torch.where(which[:, None], vectors, self.embedding))
+        self.embed_sum.copy_(torch.where(which[:, None], vectors, self.embed_sum))
+        self.cluster_size.masked_fill_(which, 1.0)
 
     @torch.no_grad()
     def _codebook_update(self, flat, indices, counts):
@@ -198,6 +207,12 @@ class EMAVectorQuantizer(_QuantizerBase):
 
     def _vq_loss(self, z, quantized):
         return self.beta * F.mse_loss(z, quantized.detach())
+
+
+def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each code appears in `indices`, as floats (K,): `bincount` without its read of the largest index."""
+    return torch.zeros(codebook_size, device=indices.device).index_add_(
+        0, indices.flatten(), torch.ones(indices.numel(), device=indices.device))
 
 
 def code_usage(indices: torch.Tensor, codebook_size: int) -> dict:

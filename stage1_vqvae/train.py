@@ -30,9 +30,10 @@ from foundation.curves import Curves
 from foundation.files import append_jsonl, write_json
 from foundation.images import save_comparison
 from foundation.optimization import Optimization
-from foundation.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
-from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
-                                  save_state, say, train_in_process_group, write_config)
+from foundation.runtime import (autocast, configure_backend, eager_unless, maybe_compile, pick_device, progress_disabled,
+                                seed_everything)
+from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, read_now,
+                                  restore, save_state, say, train_in_process_group, write_config)
 from stage1_vqvae.adversarial import Adversary
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
 from stage1_vqvae.classifier import accuracy, cached_classifier, classifier_source, predict
@@ -131,18 +132,19 @@ def train_epoch(model, optimization, images, cfg, device, progress, stop, advers
                unit="batch", leave=False, disable=progress_disabled() or not distributed.is_main())
     for x in bar:
         step, logged = progress.step, {}
-        with autocast(device, cfg.precision):
+        with autocast(device, cfg.precision), eager_unless(x.shape[0] == cfg.batch_size):
             x_hat, loss, parts = model(x)
             if adversary is not None:
                 adversarial, logged["adversarial_weight"] = adversary.generator_term(x_hat, parts["recon"], last_layer,
                                                                                      step)
                 loss = loss + adversarial
-        loss_value = optimize(loss, model, optimization, progress, recon=parts["recon"], **logged)
+        optimize(loss, model, optimization, progress, recon=parts["recon"], **logged)
         if adversary is not None:
             with autocast(device, cfg.precision):
-                progress.add(discriminator_loss=adversary.discriminator_step(x, x_hat, step).item())
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        if stop.should_stop(device):
+                progress.add(discriminator_loss=adversary.discriminator_step(x, x_hat, step))
+        if read_now(progress):
+            bar.set_postfix(loss=f"{progress.epoch_means()['loss']:.4f}")
+        if stop.should_stop(device, progress.step):
             return None
     return progress.epoch_means()
 

@@ -18,7 +18,6 @@ Re-running resumes an interrupted run; a finished run is left alone unless --fre
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +30,8 @@ from foundation.optimization import OptimizerSettings
 from foundation.files import append_jsonl, code_dtype, load_checkpoint, save_array, sha256_file, write_json
 from foundation.optimization import Optimization
 from foundation.runtime import configure_backend, cpu_threads, pick_device, progress_disabled, seed_everything
-from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
-                                   save_state, say, write_config)
+from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, read_now,
+                                  restore, save_state, say, write_config)
 from stage1_vqvae.config import FACTORIZED_DIM_HELP, FSQ_LEVELS_HELP, QUANTIZER_HELP, QUANTIZERS, check_quantizer
 from stage1_vqvae.modern_quantizers import named_quantizer
 from stage1_vqvae.multi_quantizer import build_quantizer
@@ -156,17 +155,18 @@ def step_loss(model, batch: torch.Tensor, quantizer: str) -> torch.Tensor:
     return loss + torch.nn.functional.mse_loss(quantized, batch) if quantizer in PROJECTS else loss
 
 
-def train_step(model, batch: torch.Tensor, optimization, progress, quantizer: str) -> float:
-    """One step: the EMA update happens in the forward pass; the codebook loss needs an optimizer step."""
+def train_step(model, batch: torch.Tensor, optimization, progress, quantizer: str) -> None:
+    """One step: the EMA update happens in the forward pass; the codebook loss needs an optimizer step.
+
+    Nothing waits for the device: a non-finite loss is reported at the next `progress.read()`.
+    """
     if optimization.optimizer is not None:
         return optimize(step_loss(model, batch, quantizer), model, optimization, progress)
     with torch.no_grad():
-        loss = model(batch)[1].item()
-    if not math.isfinite(loss):
-        raise UserError(f"the loss became {loss} at step {progress.step + 1}; state.pt keeps the last good state")
+        loss = model(batch)[1]
+    progress.pending.note_finite(torch.isfinite(loss), progress.step, loss, torch.zeros_like(loss))
     progress.step, progress.batch = progress.step + 1, progress.batch + 1
     progress.add(loss=loss)
-    return loss
 
 
 def train_epoch(model, optimization, vectors: torch.Tensor, cfg: VectorsConfig, progress, stop) -> dict | None:
@@ -178,9 +178,10 @@ def train_epoch(model, optimization, vectors: torch.Tensor, cfg: VectorsConfig, 
     bar = tqdm(starts, initial=progress.batch, total=-(-vectors.shape[0] // cfg.batch_size), unit="batch",
                desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", leave=False, disable=progress_disabled())
     for start in bar:
-        loss = train_step(model, vectors[order[start:start + cfg.batch_size]], optimization, progress, cfg.quantizer)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if stop.should_stop(vectors.device):
+        train_step(model, vectors[order[start:start + cfg.batch_size]], optimization, progress, cfg.quantizer)
+        if read_now(progress):
+            bar.set_postfix(loss=f"{progress.epoch_means()['loss']:.4f}")
+        if stop.should_stop(vectors.device, progress.step):
             return None
     return progress.epoch_means()
 

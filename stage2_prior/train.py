@@ -26,9 +26,10 @@ from foundation.curves import Curves
 from foundation.files import append_jsonl
 from foundation.levels import count, level_names, take, to_device
 from foundation.optimization import Optimization
-from foundation.runtime import autocast, configure_backend, maybe_compile, pick_device, progress_disabled, seed_everything
-from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, restore,
-                                  save_state, say, train_in_process_group, write_config)
+from foundation.runtime import (autocast, configure_backend, eager_unless, maybe_compile, pick_device, progress_disabled,
+                                seed_everything)
+from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, read_now,
+                                  restore, save_state, say, train_in_process_group, write_config)
 from stage2_prior.checkpoint import STAGE
 from stage2_prior.config import GUIDED_DEFAULT, PriorConfig
 from stage2_prior.data import level_specs, load_splits, read_meta
@@ -77,11 +78,12 @@ def train_epoch(model, optimization, codes, labels, cfg: PriorConfig, device, pr
                disable=progress_disabled() or not distributed.is_main())
     for start, stop_at in bar:
         picked = order[start:stop_at]
-        with autocast(device, cfg.precision):
+        with autocast(device, cfg.precision), eager_unless(stop_at - start == cfg.batch_size):
             _, loss = model(*take(codes, picked), labels=labels_or_none(model, labels[picked]))
-        bits = optimize(loss, model, optimization, progress) / math.log(2)
-        bar.set_postfix(bits=f"{bits:.3f}")
-        if stop.should_stop(device):
+        optimize(loss, model, optimization, progress)
+        if read_now(progress):
+            bar.set_postfix(bits=f"{progress.epoch_means()['loss'] / math.log(2):.3f}")
+        if stop.should_stop(device, progress.step):
             return None
     return progress.epoch_means()["loss"] / math.log(2)
 
@@ -187,7 +189,8 @@ def train_epoch_and_log(parallel, model, optimization, data, cfg, device, progre
         append_jsonl(out_dir / METRICS, record)
         curves.log(progress.epoch, record)
     save_state(out_dir, STAGE, cfg, model, optimization, progress)
-    say(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}  val {figures['val_bits_per_code']:.3f}  "
+    dropped = f" (with {cfg.label_dropout:.0%} of labels dropped)" if cfg.guidable else ""  # so not the val figure's kind
+    say(f"epoch {progress.epoch}/{cfg.epochs}: train {train_bits:.3f}{dropped}  val {figures['val_bits_per_code']:.3f}  "
         f"test {figures['test_bits_per_code']:.3f} bits/code{level_text(figures, 'test_')}  ({maps_left / seconds:.0f} maps/s)"
         f"{'  *best' if is_best else ''}")
 

@@ -68,7 +68,7 @@ def test_ema_update_matches_the_formula_by_hand():
     q = EMAVectorQuantizer(3, 2, dead_code_threshold=0.0, decay=decay, eps=eps).train()
     q.initialized.fill_(True)
     codes = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 5.0]])
-    q._set_codes(torch.arange(3), codes)  # embedding = embed_sum = codes, cluster_size = 1
+    q._set_codes(torch.ones(3, dtype=torch.bool), codes)  # embedding = embed_sum = codes, cluster_size = 1
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 11.0]])  # two vectors -> code 0, one -> code 1
     q(z.view(3, 2, 1, 1))  # (B, D, H, W) with H = W = 1: rows of z are the vectors
 
@@ -107,7 +107,7 @@ def test_dead_codes_are_reseeded_onto_encoder_outputs(cls):
     q = cls(8, 4, dead_code_threshold=1.0).train()
     q.initialized.fill_(True)
     far = torch.full((8, 4), 100.0)
-    q._set_codes(torch.arange(8), far)  # nothing will ever be assigned to these codes...
+    q._set_codes(torch.ones(8, dtype=torch.bool), far)  # nothing will ever be assigned to these codes...
     q.usage.fill_(0.5)  # ...and they are already below the threshold
     z = torch.randn(2, 4, 4, 4)
     q(z)
@@ -151,7 +151,8 @@ def test_encode_and_decode_indices_shapes_and_ranges(tiny_vqvae_config):
 def test_a_code_used_in_the_batch_is_never_reseeded(cls):
     q = cls(4, 2, dead_code_threshold=40.0).train()
     q.initialized.fill_(True)
-    q._set_codes(torch.arange(4), torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 5.0], [100.0, 100.0]]))
+    codes = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 5.0], [100.0, 100.0]])
+    q._set_codes(torch.ones(4, dtype=torch.bool), codes)
     q.usage.zero_()  # all four codes are below the threshold; this batch uses codes 0-2, not code 3
     unseeded = copy.deepcopy(q)
     unseeded.dead_code_threshold = 0.0  # the same step without any re-seeding
@@ -201,7 +202,7 @@ def test_distances_run_in_full_fp32_while_training_allows_tf32(cls, training_bac
 @pytest.mark.parametrize("cls", QUANTIZERS)
 def test_distances_ignore_autocast(cls):
     q = make(cls, k=64, d=8)
-    q._set_codes(torch.arange(64), torch.randn(64, 8) + 20)  # far from 0: |z|^2 + |e|^2 - 2 z.e cancels badly
+    q._set_codes(torch.ones(64, dtype=torch.bool), torch.randn(64, 8) + 20)  # far from 0: |z|^2 + |e|^2 - 2 z.e cancels badly
     flat = torch.randn(4096, 8) + 20
     exact = ((flat.double()[:, None] - q.codebook.double()[None]) ** 2).sum(-1)
     gap = exact.topk(2, largest=False).values.diff(dim=1).squeeze(1)

@@ -158,24 +158,30 @@ def test_stale_temporaries_are_removed_at_the_next_start(tmp_path):
     assert not list(out.glob(TMP_PREFIX + "*"))
 
 
-def test_nan_loss_stops_before_stepping():
+def test_nan_loss_skips_the_step_on_the_device_and_stops_at_the_next_read():
     model = torch.nn.Linear(2, 1)
     before = [p.detach().clone() for p in model.parameters()]
     loss = model(torch.tensor([[float("nan"), 1.0]])).sum()
     optimization = Optimization.build(model, VQVAEConfig().optimizer_settings(), 10, torch.device("cpu"))
-    with pytest.raises(UserError, match="loss became nan"):
-        optimize(loss, model, optimization, Progress())
+    progress = Progress()
+    optimize(loss, model, optimization, progress)  # no read: the step is skipped, not reported yet
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    optimize(model(torch.ones(1, 2)).sum(), model, optimization, progress)  # a finite step after it moves on
+    assert not torch.equal(before[0], model.weight)
+    with pytest.raises(UserError, match="loss became nan at epoch 1, step 1;"):
+        progress.read()
 
 
-def test_infinite_gradient_stops_before_stepping():
+def test_infinite_gradient_skips_the_step_and_stops_at_the_next_read():
     model = torch.nn.Linear(2, 1)
     model.weight.register_hook(lambda grad: grad * float("inf"))
     before = [p.detach().clone() for p in model.parameters()]
     optimization = Optimization.build(model, VQVAEConfig().optimizer_settings(), 10, torch.device("cpu"))
-    with pytest.raises(UserError, match="gradient became"):
-        optimize(model(torch.ones(1, 2)).sum(), model, optimization, Progress())
+    progress = Progress()
+    optimize(model(torch.ones(1, 2)).sum(), model, optimization, progress)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(UserError, match="gradient became"):
+        progress.epoch_means()
 
 
 def test_non_finite_epoch_is_never_the_best():

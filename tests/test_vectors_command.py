@@ -101,7 +101,7 @@ def stop_after(steps: int):
     """A StopSignal.should_stop that asks to stop after `steps` training steps, as SIGTERM would."""
     calls = {"n": 0}
 
-    def should_stop(self, device):
+    def should_stop(self, device, step=None):
         calls["n"] += 1
         self.requested = self.requested or (15 if calls["n"] == steps else None)
         return self.requested is not None
