@@ -101,7 +101,8 @@ def draw(logits: torch.Tensor, temperature: float, top_k: int | None, generator)
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(dim=1)
-    logits = logits / temperature
+    if temperature != 1:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[1]:
         kth = torch.topk(logits, top_k, dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -19,6 +19,11 @@ rows then go through it too, position by position, with their own codes instead 
 Classifier-free guidance (Ho & Salimans, arXiv:2207.12598) runs 2n rows in one batch, the n given
 labels then n null labels, and draws each code from uncond + s * (cond - uncond) (`guide`); the drawn
 code is written to both halves. Scale 1 is plain conditional sampling and runs n rows only.
+
+Per position the work is one small matrix product, a gate and a 1x1 product per layer (and one query per
+attention block), then the head and the draw: the buffers a position reads are views (channels-last rows),
+the terms that are constant along a row are added once per row, and a row's codes enter the vertical
+stack's buffer once, when the row is complete.
 """
 
 import torch
@@ -39,9 +44,9 @@ class _LayerCache:
         self.shift = 1 if layer.first else 0
         self.top = self.half + 1  # rows of zero padding above the grid (enough for the shifted first layer)
         self.vertical_in = like.new_zeros(n, channels, height + self.top, width + 2 * self.half)
-        self.horizontal_in = like.new_zeros(n, channels, 1, width + self.half + 1)
-        # Flattened horizontal kernel, so each position is one matrix product: (2C, C * (half + 1)).
-        self.h_weight_t = layer.horizontal.weight.flatten(1).t()
+        self.horizontal_in = like.new_zeros(n, width + self.half + 1, channels)  # channels-last: windows are views
+        # The horizontal kernel as a matrix over a window's (half + 1) positions x C channels: (C * (half + 1), 2C).
+        self.h_weight_t = layer.horizontal.weight[:, :, 0].permute(0, 2, 1).flatten(1).t()
 
     def vertical_row(self, i: int) -> torch.Tensor:
         """Pre-activation vertical features of row i: (n, 2C, 1, W)."""
@@ -53,19 +58,15 @@ class _LayerCache:
         """Store this layer's vertical input for row i: (n, C, W)."""
         self.vertical_in[:, :, i + self.top, self.half : self.half + row.shape[-1]] = row
 
-    def write_vertical_position(self, i: int, j: int, value: torch.Tensor) -> None:
-        """Store this layer's vertical input at (i, j): (n, C)."""
-        self.vertical_in[:, :, i + self.top, self.half + j] = value
-
     def horizontal_at(self, j: int) -> torch.Tensor:
         """Horizontal convolution at column j of the current row, without its bias (`_vertical_pass` folds it in
         once per row): (n, 2C)."""
-        first = j + self.half + 1 - self.half - self.shift
-        window = self.horizontal_in[:, :, 0, first : first + self.half + 1]  # columns j-half-shift .. j-shift
+        first = j + 1 - self.shift
+        window = self.horizontal_in[:, first : first + self.half + 1]  # columns j-half-shift .. j-shift: a view
         return window.flatten(1) @ self.h_weight_t
 
     def write_horizontal_input(self, j: int, value: torch.Tensor) -> None:
-        self.horizontal_in[:, :, 0, j + self.half + 1] = value
+        self.horizontal_in[:, j + self.half + 1] = value
 
     def start_row(self) -> None:
         self.horizontal_in.zero_()
@@ -102,10 +103,11 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
     cfg = model.cfg
     height, width, channels = cfg.grid_height, cfg.grid_width, cfg.hidden_channels
     weight = model.embedding.weight
-    codes = torch.zeros(n, height, width, dtype=torch.long, device=weight.device)
-    if given is not None:
-        codes[:, :keep_rows] = given[:, :keep_rows]
     rows = n if scale == 1 else 2 * n
+    both = torch.zeros(rows, height, width, dtype=torch.long, device=weight.device)  # each half holds the codes
+    halves, codes = both.view(rows // n, n, height, width), both[:n]
+    if given is not None:
+        halves[:, :, :keep_rows] = given[:, :keep_rows]
     blocks = dict(zip(model.attention_after, model.attention))
     caches = [_LayerCache(layer, rows, channels, height, width, weight, blocks.get(l))
               for l, layer in enumerate(model.layers)]
@@ -115,22 +117,17 @@ def sample_cached(model, n: int, biases: list, temperature: float, top_k, genera
     biases = [b.expand(rows, 2 * channels, height, width) for b in biases]
     for i in range(height):
         to_horizontal = _vertical_pass(caches, biases, i)
-        if i < keep_rows and not blocks:  # a kept row feeds the rows below through the vertical stack only
-            row = doubled(F.embedding(codes[:, i], weight), scale).transpose(1, 2)  # (rows, C, W)
-            caches[0].write_vertical_input(i, row)
-            if on_row is not None:
-                on_row(i, codes)
-            continue
-        for j in range(width):
-            h = _horizontal_stack(model, caches, to_horizontal, biases, previous, i, j)
-            if i >= keep_rows:  # a kept code is not drawn (no logits), but its keys and values are cached
-                codes[:, i, j] = draw(guide(_head(model, h), scale), temperature, top_k, generator)
-            previous = doubled(F.embedding(codes[:, i, j], weight), scale)  # (rows, C)
-            caches[0].write_horizontal_input(j, previous)
-            caches[0].write_vertical_position(i, j, previous)
+        if i >= keep_rows or blocks:  # a kept row feeds the rows below through the vertical stack only
+            for j in range(width):
+                h = _horizontal_stack(model, caches, to_horizontal, previous, i, j)
+                if i >= keep_rows:  # a kept code is not drawn (no logits), but its keys and values are cached
+                    halves[:, :, i, j] = draw(guide(_head(model, h), scale), temperature, top_k, generator)
+                previous = F.embedding(both[:, i, j], weight)  # (rows, C)
+                caches[0].write_horizontal_input(j, previous)
+        caches[0].write_vertical_input(i, F.embedding(both[:, i], weight).transpose(1, 2))  # (rows, C, W)
         if on_row is not None:
             on_row(i, codes)
-    return codes
+    return codes.clone()
 
 
 def _vertical_pass(caches: list, biases: list, i: int) -> list:
@@ -148,7 +145,7 @@ def _vertical_pass(caches: list, biases: list, i: int) -> list:
     return to_horizontal
 
 
-def _horizontal_stack(model, caches: list, to_horizontal: list, biases: list, previous: torch.Tensor, i: int,
+def _horizontal_stack(model, caches: list, to_horizontal: list, previous: torch.Tensor, i: int,
                       j: int) -> torch.Tensor:
     """Every layer's horizontal stack (and attention block) at (i, j): the features the head reads, (n, C).
 
