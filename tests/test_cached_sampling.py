@@ -72,3 +72,13 @@ def test_on_row_can_stop_a_draw():
     with pytest.raises(Stop):
         model.sample_levels(2, on_row=lambda level, i, codes: stop_after_first_row(i, codes))
     assert model.training  # the mode it had before the draw, even when the draw stopped
+
+
+def test_the_cached_samplers_operations_per_position_do_not_grow_with_the_batch_or_the_grid():
+    """`make bench` reports these counts (each a kernel launch on a GPU): the cached sampler's per-position work is
+    a fixed set of small operations, where the naive sampler's grows with the grid."""
+    from tools.common.efficiency import sampler_operations
+
+    small, large = sampler_operations(0, side=4, batch=2), sampler_operations(0, side=4, batch=16)
+    assert small == large and sampler_operations(0, side=6, batch=2) <= small  # a row's own work spreads wider
+    assert sampler_operations(1, side=4, batch=2) > small  # an attention block adds its own

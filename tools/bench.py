@@ -36,7 +36,7 @@ from stage1_vqvae.model import VQVAE
 from stage2_prior.config import PriorConfig
 from stage2_prior.model import GatedPixelCNN
 from tools.common.efficiency import (ATTENTION_BLOCKS, arithmetic_report, attention_sampling_rate, device_name,
-                                     median_rate, peak_memory_mb, prior_command_rate, reset_peak)
+                                     median_rate, peak_memory_mb, prior_command_rate, reset_peak, sampler_operations)
 
 BATCH = 128
 SAMPLE_BATCH = 64
@@ -240,6 +240,8 @@ def full_plan(images, device, args, compile_setting) -> list:
         plan += [(f"conditioned_{side}x{side}_{kind}_grids_per_s",
                   lambda side=side, naive=kind == "naive": bench_conditioned_sampling(device, args, side, naive))
                  for kind in ("cached", "naive")]
+    plan += [("sample_ops_per_position_gated", lambda: sampler_operations(0)),
+             ("sample_ops_per_position_attention", lambda: sampler_operations(ATTENTION_BLOCKS))]
     for side, batch in ((8, SAMPLE_BATCH), (16, CONDITIONED_BATCH)):
         plan += [(f"attention_{side}x{side}_{kind}_grids_per_s", lambda side=side, batch=batch, naive=kind == "naive":
                   attention_sampling_rate(device, side, batch, naive, args.repeats)) for kind in ("cached", "naive")]

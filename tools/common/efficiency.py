@@ -7,7 +7,9 @@ them). The rounds interleave, so a noisy shared machine slows every workload ali
 medians over rounds, and each step's rate as a fraction of the GEMM rate of its own precision.
 A step's FLOPs are counted once by `torch.utils.flop_counter` (convolutions and matrix products).
 `prior_command_rate` times the stage-2 training command itself, to compare with its bare steps;
-`attention_sampling_rate` the sampling of a prior with attention blocks (cached with a KV cache, or naive).
+`attention_sampling_rate` the sampling of a prior with attention blocks (cached with a KV cache, or naive), and
+`sampler_operations` how many operations the cached sampler dispatches per position (each one a kernel launch on a
+GPU, whatever the batch).
 """
 
 import contextlib
@@ -17,9 +19,11 @@ import resource
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from foundation.files import code_dtype, save_array, write_json
@@ -145,3 +149,25 @@ def attention_sampling_rate(device, side: int, batch: int, naive: bool, repeats:
     slow = naive and device.type != "cuda"
     return median_rate(lambda: model.sample(batch, generator=generator, naive=naive), batch, 1 if slow else repeats,
                        device, warmup=0 if slow else 1)
+
+
+class _Operations(TorchDispatchMode):
+    """Counts every aten operation dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def sampler_operations(attention_layers: int, side: int = 8, batch: int = 64) -> float:
+    """Operations the cached sampler of a default-size prior (random weights, CPU) dispatches per position."""
+    torch.manual_seed(0)
+    model = GatedPixelCNN(PriorConfig(grid_height=side, grid_width=side, attention_layers=attention_layers)).eval()
+    counter = _Operations()
+    with counter:
+        model.sample(batch, generator=torch.Generator().manual_seed(0))
+    return sum(counter.counts.values()) / side**2
