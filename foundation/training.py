@@ -152,17 +152,16 @@ class PendingSums:
     """
 
     def __init__(self):
-        self.sums = None  # (values,) float64 on the device, in the order of self.names
-        self.names = []
+        self.sums = {}  # name -> float64 0-d tensor on the device
         self.bad = None  # (step, loss, gradient norm) of the first non-finite step; step -1: none
 
     def add(self, host: dict, values: dict) -> None:
-        stacked = torch.stack([torch.as_tensor(v).detach().float() for v in values.values()]).double()
-        if self.sums is None:
-            self.names = list(values)
-            start = [host.get(name, 0.0) for name in self.names]
-            self.sums = torch.tensor(start, dtype=torch.float64).to(stacked.device, non_blocking=True)
-        self.sums = self.sums + stacked
+        for name, value in values.items():
+            value = torch.as_tensor(value).detach().float().double()  # the float32 value a read would have given
+            if name not in self.sums:
+                start = torch.tensor(host.get(name, 0.0), dtype=torch.float64)
+                self.sums[name] = start.to(value.device, non_blocking=True)
+            self.sums[name] = self.sums[name] + value
 
     def note_finite(self, finite: torch.Tensor, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         record = torch.stack([torch.full_like(grad_norm, step, dtype=torch.float64), loss.detach().double(),
@@ -173,12 +172,13 @@ class PendingSums:
 
     def read(self, host: dict) -> tuple:
         """(the running sums as a dict of floats, (step, loss, grad) of the first non-finite step or None)."""
-        if self.sums is None:
+        if not self.sums and self.bad is None:
             return host, None
-        values = torch.cat([self.sums, self.bad]).tolist()
-        sums, bad = dict(zip(self.names, values)), values[len(self.names):]
+        names, bad = list(self.sums), [-1.0] if self.bad is None else None
+        values = torch.stack([*self.sums.values(), *([] if self.bad is None else self.bad)]).tolist()
+        bad = bad or values[len(names):]
         self.__init__()
-        return {**host, **sums}, (bad if bad[0] >= 0 else None)
+        return {**host, **dict(zip(names, values))}, (bad if bad[0] >= 0 else None)
 
 
 class StopSignal:

@@ -205,3 +205,18 @@ def test_a_rank_restores_its_own_generator_and_old_state_files_still_load():
     assert torch.equal(torch.get_rng_state(), mine)
     set_rng_states({"torch": rank_one})  # written before per-rank states: rank 0's serve every rank
     assert torch.equal(torch.get_rng_state(), rank_one)
+
+
+def test_the_running_sums_kept_on_the_device_are_each_values_own():
+    """Values added in separate calls (the adversarial run's discriminator loss after the step's) keep their own sums,
+    equal to the float sums of the values read one by one, and continue across reads."""
+    progress, expected = Progress(), {}
+    for step, (loss, recon, other) in enumerate([(0.5, 0.25, 3.0), (0.125, 1.5, -2.0), (1 / 3, 0.1, 0.7)]):
+        progress.add(loss=torch.tensor(loss), recon=torch.tensor(recon))
+        progress.add(discriminator_loss=torch.tensor(other))
+        for name, value in (("loss", loss), ("recon", recon), ("discriminator_loss", other)):
+            expected[name] = expected.get(name, 0.0) + float(torch.tensor(value))  # float32 values, float64 sums
+        if step == 1:
+            progress.read()  # a read in the middle changes nothing
+    progress.read()
+    assert progress.sums == expected
