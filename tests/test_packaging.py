@@ -8,7 +8,8 @@ import tomllib
 from tests.conftest import ROOT
 
 OWN = {"foundation", "stage1_vqvae", "stage2_prior", "tools", "tests"}
-DISTRIBUTION = {"PIL": "pillow", "torch_fidelity": "torch-fidelity", "torch": "torch"}  # import name -> package
+DISTRIBUTION = {"PIL": "pillow", "torch_fidelity": "torch-fidelity", "torch": "torch",
+                "vector_quantize_pytorch": "vector-quantize-pytorch"}  # import name -> package
 
 
 def imported_top_names(folders) -> set:
