@@ -30,7 +30,8 @@ class VQVAEConfig(TrainingFlags):
               "codebook_size": ">= 1", "top_codebook_size": ">= 1", "embed_dim": ">= 1",
               "factorized_dim": ">= 1",
               "hidden_channels": ">= 2",  # the outer layers have hidden_channels // 2
-              "res_blocks": ">= 0", "beta": ">= 0", "ema_decay": "[0, 1)", "dead_code_threshold": ">= 0",
+              "res_blocks": ">= 0", "attention_blocks": ">= 0", "weight_ema": "[0, 1)",
+              "beta": ">= 0", "ema_decay": "[0, 1)", "dead_code_threshold": ">= 0",
               "discriminator_lr": "> 0", "discriminator_channels": ">= 1", "discriminator_layers": ">= 1",
               "epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0"}
 
@@ -57,6 +58,8 @@ class VQVAEConfig(TrainingFlags):
     embed_dim: int = opt(64, "D, size of each code vector")
     hidden_channels: int = opt(128, "width of the encoder/decoder at the latent resolution")
     res_blocks: int = opt(2, "residual blocks in the encoder and in the decoder")
+    attention_blocks: int = opt(0, "self-attention blocks over the whole code grid in the encoder and in the decoder, "
+                                "after the residual blocks (VQGAN's mid block; the bottom level with --levels 2)")
     quantizer: str = opt("ema", QUANTIZER_HELP, choices=QUANTIZERS)
     factorized_dim: int = opt(16, FACTORIZED_DIM_HELP)
     fsq_levels: str = opt("8,8,8", FSQ_LEVELS_HELP)
@@ -83,6 +86,8 @@ class VQVAEConfig(TrainingFlags):
     epochs: int = opt(25, "training epochs")
     batch_size: int = opt(128, "images per step")
     lr: float = opt(4e-3, "peak Adam learning rate")  # chosen on the full-scale validation images (RESULTS.md)
+    weight_ema: float = opt(0.0, "decay of a moving average of the weights to evaluate, choose and save instead of "
+                            "the raw weights (e.g. 0.999); 0: off")
     seed: int = opt(0, "seed for initialisation, shuffling and augmentation")
     tensorboard: bool = opt(False, TENSORBOARD_HELP.format(what="losses, PSNR, codes used and reconstructions"))
     # recorded by the run
@@ -113,7 +118,7 @@ class VQVAEConfig(TrainingFlags):
         return self.adversarial_weight > 0
 
     def optimizer_settings(self) -> OptimizerSettings:
-        return OptimizerSettings(self.lr, self.warmup_fraction, self.lr_schedule)
+        return OptimizerSettings(self.lr, self.warmup_fraction, self.lr_schedule, weight_ema=self.weight_ema)
 
     @property
     def grid_shapes(self) -> tuple:

@@ -37,12 +37,39 @@ class ResidualBlock(nn.Module):
         return x + self.conv1(F.relu(self.conv3(F.relu(x))))
 
 
+class AttentionBlock(nn.Module):
+    """x + proj(softmax(q k^T / sqrt(C)) v) over every position of the grid: VQGAN's single-head mid-level block.
+
+    `proj` starts at zero, so a new block begins as the identity and the network it joins trains as before.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(math.gcd(32, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)  # (B, 1, HW, C) each
+        attended = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(attended.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def bottleneck_blocks(cfg: VQVAEConfig) -> list:
+    """The residual blocks, then the attention blocks, that run at the code grid's resolution."""
+    c = cfg.hidden_channels
+    return [ResidualBlock(c) for _ in range(cfg.res_blocks)] + [AttentionBlock(c) for _ in range(cfg.attention_blocks)]
+
+
 def make_encoder(cfg: VQVAEConfig) -> nn.Sequential:
-    """(B, 3, S, S) -> (B, D, S/d, S/d): log2(d) stride-2 convolutions, then residual blocks."""
+    """(B, 3, S, S) -> (B, D, S/d, S/d): log2(d) stride-2 convolutions, then residual and attention blocks."""
     c = cfg.hidden_channels
     widths = [3, c // 2] + [c] * (int(math.log2(cfg.downsample)) - 1)
     down = [m for i in range(len(widths) - 1) for m in (nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1), nn.ReLU())]
-    return nn.Sequential(*down, *[ResidualBlock(c) for _ in range(cfg.res_blocks)], nn.ReLU(), nn.Conv2d(c, cfg.embed_dim, 1))
+    return nn.Sequential(*down, *bottleneck_blocks(cfg), nn.ReLU(), nn.Conv2d(c, cfg.embed_dim, 1))
 
 
 def make_decoder(cfg: VQVAEConfig, in_channels: int) -> nn.Sequential:
@@ -56,7 +83,7 @@ def make_decoder(cfg: VQVAEConfig, in_channels: int) -> nn.Sequential:
     widths = [c] * (int(math.log2(cfg.downsample)) - 1) + [c // 2, c // 2 if categorical else 3]
     up = [m for i in range(len(widths) - 1) for m in (nn.ReLU(), nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1))]
     out = [nn.ReLU(), nn.Conv2d(c // 2, likelihood.output_channels(cfg.recon_loss), 1)] if categorical else [nn.Tanh()]
-    return nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1), *[ResidualBlock(c) for _ in range(cfg.res_blocks)],
+    return nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1), *bottleneck_blocks(cfg),
                          *up, *out)
 
 

@@ -9,7 +9,7 @@ drifts as the encoder moves), or for a categorical decoder the lowest validation
 always prefer the blurriest epoch, and the discriminator is a player, not a judge: the epoch kept is the
 one whose validation reconstructions a small classifier of the training images (`stage1_vqvae.classifier`,
 cached as OUT_DIR/classifier.pt) puts in their class most often. Test metrics are logged every epoch but
-never used to choose.
+never used to choose. With --weight-ema a moving average of the weights is what is evaluated, chosen and saved.
 Writes to --out-dir: config.json, metrics.jsonl (val_* and test_* every epoch), recon_epochNNN.png
 (16 test inputs across the classes above their reconstructions), state.pt (resume point, every epoch) and, at the end,
 ckpt.pt (best epoch); with --tensorboard also the same curves and pictures under tensorboard/.
@@ -222,17 +222,18 @@ def train(given: dict, fresh: bool) -> None:
                 save_state(out_dir, STAGE, cfg, model, optimization, progress, **extra_state())
                 stop.exit(progress)
             seconds = time.perf_counter() - start
-            val, test = (evaluate(model, images[split], device, cfg.precision, judge, labels[split])
+            evaluated = optimization.averaged(model)  # the weight average with --weight-ema
+            val, test = (evaluate(evaluated, images[split], device, cfg.precision, judge, labels[split])
                          for split in ("val", "test"))
             reported = {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
             key, _, sign = selected_by(cfg)
-            is_best = progress.record_epoch(sign * val[key], model, reported)
+            is_best = progress.record_epoch(sign * val[key], evaluated, reported)
             record = {"epoch": progress.epoch, "step": progress.step, "lr": optimization.scheduler.get_last_lr()[0],
                       **{f"train_{k}": v for k, v in train.items()}, **reported,
                       "seconds": seconds, "img_per_s": images_left / seconds, "processes": world}
             if distributed.is_main():
                 append_jsonl(out_dir / METRICS, record)
-                picture = save_preview(model, preview, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
+                picture = save_preview(evaluated, preview, out_dir / f"recon_epoch{progress.epoch:03d}.png", device)
                 curves.log(progress.epoch, record, {"test/reconstructions": picture})
             save_state(out_dir, STAGE, cfg, model, optimization, progress, **extra_state())
             say(f"epoch {progress.epoch}/{cfg.epochs}: train loss {train['loss']:.4f}  val {format_metrics(val)}  "

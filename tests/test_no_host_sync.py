@@ -67,6 +67,7 @@ STAGE1_CASES = {
     "plain": [],
     "codebook loss": ["--quantizer", "codebook"],
     "two levels": ["--levels", "2"],
+    "attention and weight average": ["--attention-blocks", "1", "--weight-ema", "0.9"],
     "adversarial": ["--adversarial-weight", "0.5", "--adversarial-start", "0", "--adversarial-ramp", "0",
                     "--discriminator-channels", "8"],
 }
