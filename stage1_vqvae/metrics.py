@@ -32,10 +32,18 @@ def psnr(mse_unit_range: float) -> float:
     return 10 * math.log10(1.0 / max(mse_unit_range, 1e-12))
 
 
+def psnr_of_each_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Each image's PSNR in dB, its reconstruction rounded to uint8 first, as scripts that score folders of PNG
+    files one by one compute it. Their mean exceeds the PSNR of the pooled MSE (by about 0.6 dB on CIFAR-10)."""
+    mse = ((to_uint8(x_hat).float() - to_uint8(x).float()) / 255).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
 @torch.no_grad()
 def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str, judge: torch.nn.Module | None = None,
              labels: torch.Tensor | None = None) -> dict:
-    """Held-out loss, MSE and PSNR on the [0, 1] scale, perplexity and codes used over the whole split.
+    """Held-out loss, MSE and PSNR on the [0, 1] scale, perplexity and codes used over the whole split, and
+    psnr_per_image, the mean of each image's PSNR (see psnr_of_each_image).
 
     With two levels, codes_used_top/bottom and perplexity_top/bottom are given too; codes_used and
     perplexity are the bottom level's. A categorical decoder's "recon" is its mean negative log-likelihood
@@ -44,7 +52,7 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str, judge: 
     images) it puts in their image's class.
     """
     model.eval()
-    totals = {"loss": 0.0, "recon": 0.0, "mse": 0.0}
+    totals = {"loss": 0.0, "recon": 0.0, "mse": 0.0, "psnr_per_image": 0.0}
     counts = [torch.zeros(k, device=device) for k in model.cfg.codebook_sizes]
     reconstructions = []
     for x in eval_batches(images, eval_batch_size(model.cfg), device):
@@ -56,6 +64,7 @@ def evaluate(model: VQVAE, images: torch.Tensor, device, precision: str, judge: 
         totals["loss"] += loss.item() * n
         totals["recon"] += parts["recon"].item() * n
         totals["mse"] += torch.mean(((x_hat.float() - x) / 2) ** 2).item() * n  # /2: [-1,1] -> [0,1] scale
+        totals["psnr_per_image"] += psnr_of_each_image(x_hat, x).sum().item()
         for level_counts, indices in zip(counts, parts["level_indices"]):
             level_counts += torch.bincount(indices.flatten(), minlength=level_counts.shape[0])
     metrics = {k: v / images.shape[0] for k, v in totals.items()}
@@ -100,5 +109,6 @@ def format_metrics(m: dict) -> str:
 def format_all_metrics(m: dict) -> str:
     recognised = (f"  classifier accuracy: reconstructions {m['recognised']:.3f}, originals {m['recognised_originals']:.3f}"
                   if "recognised_originals" in m else "")
-    return (f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB{decoder_text(m)}  "
+    return (f"loss {m['loss']:.4f}  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB (mean per image "
+            f"{m['psnr_per_image']:.2f} dB){decoder_text(m)}  "
             f"{format_usage(m, perplexity=True)}{recognised}")

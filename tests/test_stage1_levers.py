@@ -1,4 +1,7 @@
-"""Stage 1's capacity and schedule levers: attention blocks at the code grid, a moving average of the weights."""
+"""Stage 1's capacity and schedule levers: attention blocks at the code grid, a moving average of the weights;
+the per-image PSNR that published comparisons use."""
+
+import math
 
 import torch
 
@@ -6,6 +9,7 @@ from foundation.files import load_checkpoint
 from stage1_vqvae import train as stage1
 from stage1_vqvae.checkpoint import STAGE, load_vqvae
 from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.metrics import evaluate, psnr, psnr_of_each_image
 from stage1_vqvae.model import VQVAE, AttentionBlock
 from stage1_vqvae.shapes import make_shapes
 
@@ -50,3 +54,20 @@ def test_weight_ema_evaluates_chooses_and_saves_the_average(tmp_path):
     assert all(torch.equal(saved[name], averaged[name]) for name in saved)  # one epoch: the best is the last
     assert any(not torch.equal(saved[name], state["model"][name]) for name in saved)  # not the raw weights
     assert load_vqvae(tmp_path / "ema/ckpt.pt", "cpu").cfg.weight_ema == 0.5
+
+
+def test_the_mean_of_each_images_psnr_is_what_folder_scripts_report_and_exceeds_the_pooled_psnr():
+    x = -torch.ones(2, 3, 4, 4)  # uint8 level 0
+    x_hat = x.clone()
+    x_hat[0] += 2 * 10 / 255  # 10 uint8 levels off
+    x_hat[1] += 2 * 40 / 255
+    each = psnr_of_each_image(x_hat, x)
+    assert torch.allclose(each, torch.tensor([20 * math.log10(255 / 10), 20 * math.log10(255 / 40)]), atol=1e-4)
+    pooled = psnr(((10 / 255) ** 2 + (40 / 255) ** 2) / 2)
+    assert each.mean() > pooled + 3  # 22.1 against 18.8 dB: averaging logs favours the easy image
+
+
+def test_evaluate_reports_the_mean_per_image_psnr_beside_the_pooled_one():
+    model = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, res_blocks=1, precision="fp32"))
+    metrics = evaluate(model, make_shapes(12, seed=0).images, torch.device("cpu"), "fp32")
+    assert 0 < metrics["psnr"] - 0.01 < metrics["psnr_per_image"] < 60  # the same [0, 1] scale, never below

@@ -229,7 +229,7 @@ def table(r: dict) -> str:
     bits_per_dim_text = (f"{r['bits_per_dim']:.3f}  (decoder {r['decoder_bits_per_dim']:.3f}; with a uniform prior "
                          f"{r['bits_per_dim_uniform_prior']:.3f})" if r["bits_per_dim"] is not None else "")
     rows = [
-        ("stage 1, test MSE [0, 1]", f"{r['mse']:.5f}  (PSNR {r['psnr']:.2f} dB)"),
+        ("stage 1, test MSE [0, 1]", f"{r['mse']:.5f}  (PSNR {r['psnr']:.2f} dB; mean per image {r['psnr_per_image']:.2f} dB)"),
         ("codes used", per_level(r, "codes_used", "d")),
         ("perplexity", per_level(r, "perplexity", ".1f")),
         ("stage 2, test bits per code", f"{r['bits_per_code']:.3f}{levels}; uniform prior {r['uniform_bits_per_code']:.3f}"),
