@@ -11,14 +11,17 @@ from foundation.curves import FLAG_HELP as TENSORBOARD_HELP
 from foundation.optimization import OptimizerSettings
 
 
-QUANTIZERS = ["ema", "codebook", "rotation", "factorized", "fsq"]  # stage1_vqvae.modern_quantizers builds each
+QUANTIZERS = ["ema", "codebook", "rotation", "factorized", "fsq", "stochastic"]  # stage1_vqvae.modern_quantizers builds each
 QUANTIZER_HELP = ("how codes learn and gradients pass: ema or codebook (EMA or codebook-loss codebook, "
                   "straight-through), rotation (EMA codebook, rotation-trick gradient), factorized (l2-normalised "
                   "codes searched in --factorized-dim dimensions, EMA), fsq (finite scalar quantization over "
-                  "--fsq-levels, no codebook)")
+                  "--fsq-levels, no codebook), stochastic (SQ-VAE: soft Gumbel-softmax draws with a learned variance; "
+                  "needs --recon-loss gaussian)")
 FACTORIZED_DIM_HELP = "with --quantizer factorized: the dimension vectors are projected down to and l2-normalised in"
 FSQ_LEVELS_HELP = ("with --quantizer fsq: levels of each channel, comma-separated; their product is the number of "
                    "codes and must equal --codebook-size")
+SQ_TEMPERATURE_HELP = ("with --quantizer stochastic: the Gumbel-softmax temperature is exp(-this * step); SQ-VAE's "
+                       "1e-5 ends near 0.2 after its 156,000 steps, 2e-4 does after 8,800 (25 epochs of 45,000 at 128)")
 
 
 @dataclass
@@ -28,7 +31,7 @@ class VQVAEConfig(TrainingFlags):
     # the values each numeric flag allows (`foundation.checks`); the adversarial ones are checked together below
     RANGES = {"shapes_train": ">= 1", "shapes_test": ">= 1", "val_size": "> 0", "image_size": ">= 1",
               "codebook_size": ">= 1", "top_codebook_size": ">= 1", "embed_dim": ">= 1",
-              "factorized_dim": ">= 1",
+              "factorized_dim": ">= 1", "sq_temperature_decay": ">= 0",
               "hidden_channels": ">= 2",  # the outer layers have hidden_channels // 2
               "res_blocks": ">= 0", "attention_blocks": ">= 0", "weight_ema": "[0, 1)",
               "beta": ">= 0", "ema_decay": "[0, 1)", "dead_code_threshold": ">= 0",
@@ -63,14 +66,16 @@ class VQVAEConfig(TrainingFlags):
     quantizer: str = opt("ema", QUANTIZER_HELP, choices=QUANTIZERS)
     factorized_dim: int = opt(16, FACTORIZED_DIM_HELP)
     fsq_levels: str = opt("8,8,8", FSQ_LEVELS_HELP)
+    sq_temperature_decay: float = opt(1e-5, SQ_TEMPERATURE_HELP)
     beta: float = opt(0.25, "commitment weight")
     ema_decay: float = opt(0.99, "EMA decay (gamma) for --quantizer ema, rotation and factorized")
     dead_code_threshold: float = opt(
         1.0, "re-seed a code when its average use per batch (EMA) drops below this; 0 disables"
     )
-    recon_loss: str = opt("l1", "reconstruction loss: L1, L2, or categorical (256-way softmax per sub-pixel: a "
-                                "likelihood, so tools.evaluate can give bits per dimension)",
-                          choices=["l1", "l2", "categorical"])
+    recon_loss: str = opt("l1", "reconstruction loss: L1, L2, gaussian (0.5 log MSE: a Gaussian likelihood at its best "
+                                "variance, SQ-VAE's), or categorical (256-way softmax per sub-pixel: a likelihood, so "
+                                "tools.evaluate can give bits per dimension)",
+                          choices=["l1", "l2", "gaussian", "categorical"])
     # adversarial decoder (stage1_vqvae.adversarial)
     adversarial_weight: float = opt(0.0, "weight of a patch discriminator's loss on the decoder, times VQGAN's adaptive "
                                          "weight; 0 turns it off. When on, the epoch kept is the one whose validation "
@@ -105,6 +110,9 @@ class VQVAEConfig(TrainingFlags):
                             f"use a multiple of {self.downsample * 2 ** (self.levels - 1)}")
         self._check_adversarial()
         check_quantizer(self.quantizer, self.fsq_levels, self.codebook_sizes)
+        if self.quantizer == "stochastic" and self.recon_loss != "gaussian":
+            raise UserError("--quantizer stochastic is SQ-VAE's objective, whose latent loss is weighed against a "
+                            "Gaussian reconstruction term: add --recon-loss gaussian")
 
     def _check_adversarial(self) -> None:
         if self.adversarial_weight < 0 or not 0 <= self.adversarial_start < 1 or not 0 <= self.adversarial_ramp <= 1:

@@ -1,7 +1,8 @@
-"""What the decoder's output means, per `--recon-loss`: an image (l1, l2) or a distribution (categorical).
+"""What the decoder's output means, per `--recon-loss`: an image (l1, l2, gaussian) or a distribution (categorical).
 
-- l1, l2: the decoder outputs the image itself (B, 3, S, S) in [-1, 1]; there is no normalised
-  likelihood, so no bits per dimension.
+- l1, l2, gaussian: the decoder outputs the image itself (B, 3, S, S) in [-1, 1]; there is no normalised
+  likelihood, so no bits per dimension. gaussian is 0.5 log(MSE), SQ-VAE's reconstruction term
+  (`stage1_vqvae.stochastic_quantizer.gaussian_reconstruction`).
 - categorical: the decoder outputs 256 logits per sub-pixel (B, 3 * 256, S, S), a softmax over the
   8-bit values (the form behind the VQ-VAE paper's CIFAR-10 bits/dim). The loss is the mean negative
   log-likelihood in nats per sub-pixel, and `log_likelihood` gives log p(x | z) per image. Its
@@ -13,6 +14,8 @@ No I/O here: tensors in, tensors out.
 
 import torch
 import torch.nn.functional as F
+
+from stage1_vqvae.stochastic_quantizer import gaussian_reconstruction
 
 LEVELS = 256  # values of an 8-bit sub-pixel
 
@@ -52,8 +55,11 @@ def to_image(out: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def image_and_loss(out: torch.Tensor, x: torch.Tensor, kind: str) -> tuple:
-    """(the output as an image, the reconstruction loss against images x): mean L1 (sharper) or L2 distance, or
-    the mean negative log-likelihood in nats per sub-pixel (its image carries no gradient: the loss does not use it)."""
+    """(the output as an image, the reconstruction loss against images x): mean L1 (sharper) or L2 distance, half the
+    log of the L2 one (gaussian), or the mean negative log-likelihood in nats per sub-pixel (its image carries no
+    gradient: the loss does not use it)."""
+    if kind == "gaussian":
+        return out, gaussian_reconstruction(out, x)
     if not models_likelihood(kind):
         return out, F.l1_loss(out.float(), x) if kind == "l1" else F.mse_loss(out.float(), x)
     log_probs = F.log_softmax(categorical_logits(out.float()), dim=1)  # computed once for the loss and the image

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from stage1_vqvae import likelihood
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.modern_quantizers import named_quantizer
+from stage1_vqvae.stochastic_quantizer import StochasticQuantizer
 
 
 class ResidualBlock(nn.Module):
@@ -87,9 +88,13 @@ def make_decoder(cfg: VQVAEConfig, in_channels: int) -> nn.Sequential:
                          *up, *out)
 
 
-def make_quantizer(cfg: VQVAEConfig, codebook_size: int) -> nn.Module:
-    """The quantizer named by `cfg.quantizer` (`stage1_vqvae.modern_quantizers.named_quantizer`)."""
+def make_quantizer(cfg: VQVAEConfig, codebook_size: int, downsample: int) -> nn.Module:
+    """The quantizer named by `cfg.quantizer` (`stage1_vqvae.modern_quantizers.named_quantizer`) for a grid of one
+    code per downsample x downsample pixels. SQ-VAE's latent loss is in nats per code vector: scaled to nats per
+    image sub-pixel, the unit of its Gaussian reconstruction term, it weighs as in the paper's per-image sum."""
     quantizer, options = named_quantizer(cfg)
+    if quantizer is StochasticQuantizer:
+        options = dict(options, loss_scale=1 / (3 * downsample ** 2))
     return quantizer(codebook_size, cfg.embed_dim, **options)
 
 
@@ -101,7 +106,7 @@ class TopLevel(nn.Module):
         c, d = cfg.hidden_channels, cfg.embed_dim
         blocks = lambda: [ResidualBlock(c) for _ in range(cfg.res_blocks)]  # noqa: E731
         self.encoder = nn.Sequential(nn.Conv2d(d, c, 4, 2, 1), *blocks(), nn.ReLU(), nn.Conv2d(c, d, 1))
-        self.quantizer = make_quantizer(cfg, cfg.top_codebook_size)
+        self.quantizer = make_quantizer(cfg, cfg.top_codebook_size, 2 * cfg.downsample)
         self.decoder = nn.Sequential(nn.Conv2d(d, c, 3, padding=1), *blocks(), nn.ReLU(), nn.ConvTranspose2d(c, d, 4, 2, 1))
         self.residual = cfg.top_join == "residual"
         self.join = None if self.residual else nn.Conv2d(2 * d, d, 1)  # bottom features + decoded top
@@ -120,7 +125,7 @@ class VQVAE(nn.Module):
         self.cfg = cfg
         self.levels = cfg.levels
         self.encoder = make_encoder(cfg)
-        self.quantizer = make_quantizer(cfg, cfg.codebook_size)  # the bottom level's with two levels
+        self.quantizer = make_quantizer(cfg, cfg.codebook_size, cfg.downsample)  # the bottom level's with two levels
         self.top = TopLevel(cfg) if cfg.levels == 2 else None
         self.decoder = make_decoder(cfg, cfg.embed_dim * cfg.levels)
 

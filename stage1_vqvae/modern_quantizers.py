@@ -29,19 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stage1_vqvae.config import fsq_levels
-from stage1_vqvae.quantizer import EMAVectorQuantizer, VectorQuantizer
+from stage1_vqvae.quantizer import EMAVectorQuantizer, VectorQuantizer, in_layout
+from stage1_vqvae.stochastic_quantizer import StochasticQuantizer
 
 EPS = 1e-6  # the smallest norm divided by: a zero vector gets a finite direction (zero)
-
-
-def in_layout(module: nn.Module, z_e: torch.Tensor, quantize):
-    """`quantize` on z_e's vectors as fp32 channels-last (..., D) with autocast off; its results in z_e's layout."""
-    if z_e.shape[module.dim] != module.embed_dim:
-        raise ValueError(f"expected vectors of size {module.embed_dim} along dim {module.dim}, "
-                         f"got shape {tuple(z_e.shape)}")
-    with torch.autocast(device_type=z_e.device.type, enabled=False):
-        quantized, loss, indices = quantize(z_e.float().movedim(module.dim, -1))  # (..., D), scalar, (...)
-    return quantized.movedim(-1, module.dim).contiguous(), loss, indices
 
 
 def rotate_to(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -183,10 +174,13 @@ class FiniteScalarQuantizer(nn.Module):
 
 
 def named_quantizer(cfg) -> tuple:
-    """(class, keyword options) of the quantizer `cfg.quantizer` names; the options come from cfg's beta,
+    """(class, keyword options) of the quantizer `cfg.quantizer` names (`stochastic`: SQ-VAE's,
+    `stage1_vqvae.stochastic_quantizer`); the options come from cfg's beta, sq_temperature_decay,
     dead_code_threshold, ema_decay, factorized_dim and fsq_levels (stage 1's and the vectors command's configs)."""
     if cfg.quantizer == "fsq":
         return FiniteScalarQuantizer, {"levels": fsq_levels(cfg.fsq_levels)}
+    if cfg.quantizer == "stochastic":
+        return StochasticQuantizer, {"temperature_decay": cfg.sq_temperature_decay}
     common = dict(beta=cfg.beta, dead_code_threshold=cfg.dead_code_threshold)
     ema = dict(common, decay=cfg.ema_decay)
     named = {"ema": (EMAVectorQuantizer, ema), "codebook": (VectorQuantizer, common),

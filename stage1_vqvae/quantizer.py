@@ -209,6 +209,16 @@ class EMAVectorQuantizer(_QuantizerBase):
         return self.beta * F.mse_loss(z, quantized.detach())
 
 
+def in_layout(module: nn.Module, z_e: torch.Tensor, quantize):
+    """`quantize` on z_e's vectors as fp32 channels-last (..., D) with autocast off; its results in z_e's layout."""
+    if z_e.shape[module.dim] != module.embed_dim:
+        raise ValueError(f"expected vectors of size {module.embed_dim} along dim {module.dim}, "
+                         f"got shape {tuple(z_e.shape)}")
+    with torch.autocast(device_type=z_e.device.type, enabled=False):
+        quantized, loss, indices = quantize(z_e.float().movedim(module.dim, -1))  # (..., D), scalar, (...)
+    return quantized.movedim(-1, module.dim).contiguous(), loss, indices
+
+
 def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
     """How often each code appears in `indices`, as floats (K,): `bincount` without its read of the largest index."""
     return torch.zeros(codebook_size, device=indices.device).index_add_(

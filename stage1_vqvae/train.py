@@ -44,7 +44,8 @@ from stage1_vqvae.model import VQVAE
 
 PREVIEW_IMAGES = 16  # test images in every recon_epochNNN.png, taken across the classes, the same all run
 # recon loss -> (the validation figure that chooses the epoch, its name in messages, 1: lower is better, -1: higher)
-SELECTED_BY = {"l1": ("mse", "MSE", 1), "l2": ("mse", "MSE", 1), "categorical": ("recon", "NLL", 1)}
+SELECTED_BY = {"l1": ("mse", "MSE", 1), "l2": ("mse", "MSE", 1), "gaussian": ("mse", "MSE", 1),
+               "categorical": ("recon", "NLL", 1)}
 RECOGNISED = ("recognised", "share of reconstructions the classifier recognises", -1)  # adversarial runs
 
 

@@ -7,7 +7,8 @@
 The codebooks learn on the vectors themselves (EMA by default; `--quantizer codebook` for the codebook
 loss), starting from data and re-seeding unused codes like the image stages; `--quantizer rotation` is EMA here
 (the rotation trick only changes the gradient the fixed vectors get), and `factorized` and `fsq`
-(`stage1_vqvae.modern_quantizers`) learn their projections by Adam on their loss plus the reconstruction MSE.
+(`stage1_vqvae.modern_quantizers`) learn their projections by Adam on their loss plus the reconstruction MSE;
+`stochastic` (SQ-VAE) learns its codebook and variance by Adam on its latent loss plus 0.5 log MSE.
 After every epoch all vectors are coded and the relative MSE is measured, |x - x_hat|^2 / |x - mean(x)|^2
 summed over the vectors (0: exact; 1: no better than the mean vector); the epoch with the lowest is kept.
 Writes to --out-dir the run files of the training stages (config.json, metrics.jsonl, state.pt to
@@ -32,9 +33,11 @@ from foundation.optimization import Optimization
 from foundation.runtime import configure_backend, cpu_threads, pick_device, progress_disabled, seed_everything
 from foundation.training import (METRICS, StopSignal, epoch_generator, finish, optimize, prepare_run, read_now,
                                   restore, save_state, say, write_config)
-from stage1_vqvae.config import FACTORIZED_DIM_HELP, FSQ_LEVELS_HELP, QUANTIZER_HELP, QUANTIZERS, check_quantizer
+from stage1_vqvae.config import (FACTORIZED_DIM_HELP, FSQ_LEVELS_HELP, QUANTIZER_HELP, QUANTIZERS, SQ_TEMPERATURE_HELP,
+                                 check_quantizer)
 from stage1_vqvae.modern_quantizers import named_quantizer
 from stage1_vqvae.multi_quantizer import build_quantizer
+from stage1_vqvae.stochastic_quantizer import gaussian_reconstruction
 
 STAGE = "vectors"
 EVAL_BATCH = 8192
@@ -50,6 +53,7 @@ class VectorsConfig:
     quantizer: str = opt("ema", QUANTIZER_HELP, choices=QUANTIZERS)
     factorized_dim: int = opt(16, FACTORIZED_DIM_HELP)
     fsq_levels: str = opt("8,8,8", FSQ_LEVELS_HELP)
+    sq_temperature_decay: float = opt(1e-5, SQ_TEMPERATURE_HELP)
     codebook_size: int = opt(256, "K, codes in each codebook")
     groups: int = opt(1, "G > 1: product quantization, D split into G groups with a codebook each (G codes a vector)")
     stages: int = opt(1, "N > 1: residual quantization, each of N codebooks codes what the previous left (N codes)")
@@ -60,7 +64,7 @@ class VectorsConfig:
     epochs: int = opt(20, "passes over the vectors")
     batch_size: int = opt(1024, "vectors per step")
     lr: float = opt(1e-3, "peak Adam learning rate of the codebooks or projections (--quantizer codebook, "
-                          "factorized, fsq)")
+                          "factorized, fsq, stochastic)")
     lr_schedule: str = opt("cosine", "after the warm-up: cosine decay to 0, or constant", choices=["cosine", "constant"])
     warmup_fraction: float = opt(0.05, "share of the steps spent raising the learning rate linearly from 0")
     seed: int = opt(0, "seed for codebook initialisation and shuffling")
@@ -126,6 +130,8 @@ def check_config(cfg: VectorsConfig, vectors: np.ndarray, sha256: str) -> Vector
         raise UserError(f"{cfg.input} changed since this run started; use --fresh to start over")
     if cfg.groups > 1 and cfg.stages > 1:
         raise UserError("choose --groups (product quantization) or --stages (residual quantization), not both")
+    if cfg.sq_temperature_decay < 0:
+        raise UserError("--sq-temperature-decay must be >= 0")
     if min(cfg.groups, cfg.stages, cfg.codebook_size, cfg.epochs, cfg.batch_size, cfg.factorized_dim) < 1:
         raise UserError("--groups, --stages, --codebook-size, --epochs, --batch-size and --factorized-dim must be at "
                         "least 1")
@@ -150,9 +156,17 @@ class EMAOnly:
 
 
 def step_loss(model, batch: torch.Tensor, quantizer: str) -> torch.Tensor:
-    """The quantizer's loss, plus the reconstruction MSE for quantizers whose projections must learn to carry x."""
     quantized, loss, _ = model(batch)
-    return loss + torch.nn.functional.mse_loss(quantized, batch) if quantizer in PROJECTS else loss
+    return objective(quantizer, loss, quantized, batch)
+
+
+def objective(quantizer: str, loss: torch.Tensor, quantized: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What the named quantizer minimises on fixed vectors x: its own loss, plus the reconstruction MSE for quantizers
+    whose projections must learn to carry x, or for SQ-VAE's its Gaussian form (0.5 log MSE, against its latent loss
+    in nats per dimension)."""
+    if quantizer == "stochastic":
+        return loss + gaussian_reconstruction(quantized, x)
+    return loss + torch.nn.functional.mse_loss(quantized, x) if quantizer in PROJECTS else loss
 
 
 def train_step(model, batch: torch.Tensor, optimization, progress, quantizer: str) -> None:

@@ -52,7 +52,10 @@ def kill_after(model, progress, steps: int) -> None:
 
 
 def count_reseeds(quantizer) -> list:
-    """A list that grows by the number of codes each dead-code re-seed moves (the initialisation not counted)."""
+    """A list that grows by the number of codes each dead-code re-seed moves (the initialisation not counted); it
+    stays empty for a quantizer that never re-seeds (SQ-VAE's)."""
+    if not hasattr(quantizer, "_set_codes"):
+        return []
     moved, set_codes = [], quantizer._set_codes
 
     def counting(which, vectors):
@@ -71,7 +74,8 @@ def main():
     torch.manual_seed(0)
     cfg = VQVAEConfig(codebook_size=32, embed_dim=8, hidden_channels=16, batch_size=args.batch_size, epochs=args.epochs, lr=2e-4,
                       lr_schedule="constant", warmup_fraction=0.0,
-                      quantizer=args.quantizer, dead_code_threshold=40.0, precision="fp32", device="cpu")
+                      quantizer=args.quantizer, dead_code_threshold=40.0, precision="fp32", device="cpu",
+                      recon_loss="gaussian" if args.quantizer == "stochastic" else "l1")
     images = make_shapes(args.images, seed=0).images
     model = VQVAE(cfg)
     total_steps = cfg.epochs * distributed.batch_count(len(images), cfg.batch_size)

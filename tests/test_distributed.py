@@ -28,7 +28,7 @@ def optimizer_tensors(state):
     return [v for s in state["optimizer"]["state"].values() for v in s.values() if torch.is_tensor(v)]
 
 
-@pytest.mark.parametrize("quantizer", ["ema", "codebook"])
+@pytest.mark.parametrize("quantizer", ["ema", "codebook", "stochastic"])
 def test_codebook_weights_and_optimizer_are_identical_on_every_rank(tmp_path, quantizer):
     result = torchrun(2, WORKER, "--out", str(tmp_path), "--quantizer", quantizer)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,7 +6,7 @@ A trained stage 1's encoder turns the training images of its dataset into vector
 D = embed_dim) and the test images into held-out ones. Each quantizer (`--quantizer` choices of stage 1, the
 codebook size of the checkpoint) is fitted to the training vectors alone, as `stage1_vqvae.vectors` fits one:
 its EMA statistics or codebook loss, and for quantizers that project (factorized, FSQ) the reconstruction MSE too,
-with Adam. The table gives, on the held-out vectors, the relative squared error sum|q - z|^2 / sum|z - mean z|^2,
+with Adam; SQ-VAE's (stochastic) its latent loss and 0.5 log MSE. The table gives, on the held-out vectors, the relative squared error sum|q - z|^2 / sum|z - mean z|^2,
 the codes used and their perplexity. On fixed vectors the rotation trick cannot differ from the EMA quantizer it
 builds on (it changes only the gradient that reaches an encoder); its effect shows in a VQ-VAE's training.
 With `pip install vector-quantize-pytorch` (not a dependency), that package's versions of the same ideas are
@@ -18,7 +18,6 @@ import dataclasses
 import time
 
 import torch
-import torch.nn.functional as F
 
 from foundation.cli import main_entry
 from foundation.files import write_json
@@ -27,8 +26,9 @@ from stage1_vqvae.checkpoint import load_vqvae
 from stage1_vqvae.data import load_splits, to_model_range
 from stage1_vqvae.modern_quantizers import named_quantizer
 from stage1_vqvae.quantizer import code_usage
+from stage1_vqvae.vectors import objective
 
-OURS = ("ema", "codebook", "rotation", "factorized", "fsq")
+OURS = ("ema", "codebook", "rotation", "factorized", "fsq", "stochastic")
 
 
 def parse_args(argv):
@@ -56,7 +56,8 @@ def encoder_vectors(vqvae, images_u8: torch.Tensor, device, batch: int = 512) ->
 
 def ours(name: str, cfg, device):
     """The library's quantizer `name` with the checkpoint's codebook size, on channels-last vectors."""
-    kind, options = named_quantizer(dataclasses.replace(cfg, quantizer=name))
+    pairing = {"recon_loss": "gaussian"} if name == "stochastic" else {}  # the config refuses SQ-VAE without it
+    kind, options = named_quantizer(dataclasses.replace(cfg, quantizer=name, **pairing))
     return kind(cfg.codebook_size, cfg.embed_dim, dim=-1, **options).to(device)
 
 
@@ -90,8 +91,8 @@ class _Wrapped(torch.nn.Module):
         return quantized[0], loss, indices[0]
 
 
-def fit(quantizer, vectors: torch.Tensor, args, projects: bool) -> float:
-    """Fit `quantizer` to `vectors` as the vectors command does; returns the seconds it took."""
+def fit(quantizer, vectors: torch.Tensor, args, name: str) -> float:
+    """Fit `quantizer` (of the kind `name`) to `vectors` as the vectors command does; returns the seconds it took."""
     parameters = [p for p in quantizer.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=args.lr) if parameters else None
     generator, start = torch.Generator().manual_seed(0), time.perf_counter()
@@ -101,7 +102,7 @@ def fit(quantizer, vectors: torch.Tensor, args, projects: bool) -> float:
             z = vectors[batch.to(vectors.device)]
             quantized, loss, _ = quantizer(z)
             if optimizer is not None:
-                loss = loss + F.mse_loss(quantized, z) if projects else loss
+                loss = objective(name, loss, quantized, z)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -134,7 +135,7 @@ def compare(args) -> list:
         if quantizer is None:
             print("vector-quantize-pytorch is not installed: its rows are skipped")
             break
-        seconds = fit(quantizer, train, args, projects=name in ("factorized", "fsq"))
+        seconds = fit(quantizer, train, args, name)
         row = {"quantizer": name, "library": library, **held_out_figures(quantizer, test, cfg.codebook_size),
                "fit_seconds": seconds}
         rows.append(row)
