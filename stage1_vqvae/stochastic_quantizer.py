@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from foundation.runtime import full_fp32_matmul
 from stage1_vqvae.quantizer import in_layout
 
-GUMBEL_EPS = 1e-10  # keeps log(-log(u)) finite at u = 0 or 1
+TINY = torch.finfo(torch.float32).tiny
 MIN_TEMPERATURE = 1e-2  # exp(-decay * step) would reach denormals after enough steps; the mixture is one-hot long before
 
 
@@ -75,19 +75,21 @@ class StochasticQuantizer(nn.Module):
     def _quantize(self, z: torch.Tensor):
         """fp32 (..., D) -> (the soft draw when training, else the nearest code; latent loss; nearest indices)."""
         flat = z.reshape(-1, self.embed_dim)  # (N, D)
-        logits = -squared_distances(flat, self.embedding) / (2 * self.variance)  # (N, K)
+        precision = 1 / self.variance
+        # -|x - e|^2 / (2 s^2) = (x.e - |e|^2 / 2) / s^2 - |x|^2 / (2 s^2); the last term is the same for every code
+        logits = torch.addmm(self.embedding.pow(2).sum(1) * (-0.5), flat, self.embedding.t()) * precision  # (N, K)
         log_probs = F.log_softmax(logits, dim=-1)
         indices = self.nearest_codes(flat.detach())  # (N,): the most likely code, searched as `encode` searches
         if self.training:
-            uniform = torch.rand_like(logits)
-            gumbel = -torch.log(-torch.log(uniform + GUMBEL_EPS) + GUMBEL_EPS)
+            exponential = torch.empty_like(logits).exponential_().clamp_min_(TINY)  # a draw of 0 would give +inf
+            gumbel = -exponential.log()  # -log of an Exp(1) draw is Gumbel(0, 1)
             quantized = F.softmax((logits + gumbel) / self.temperature, dim=-1) @ self.embedding  # (N, D)
             with torch.no_grad():
                 self.steps += 1
         else:
             quantized = F.embedding(indices, self.embedding)
         discrete = (log_probs.exp() * log_probs).sum(-1).mean()
-        continuous = (flat - quantized).pow(2).sum(-1).mean() / (2 * self.variance)
+        continuous = (flat - quantized).pow(2).sum(-1).mean() * precision / 2
         loss = (discrete + continuous) * self.loss_scale
         return quantized.view_as(z), loss, indices.view(z.shape[:-1])
 
