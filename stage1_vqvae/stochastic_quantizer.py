@@ -36,7 +36,7 @@ MIN_TEMPERATURE = 1e-2  # exp(-decay * step) would reach denormals after enough 
 
 def gaussian_reconstruction(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """0.5 log(mean squared error): the Gaussian negative log-likelihood per dimension at its maximum-likelihood
-    variance, up to a constant (Lin et al., arXiv:2102.08663, as SQ-VAE trains); its gradient is that of the MSE / 2MSE."""
+    variance, up to a constant (Lin et al., arXiv:2102.08663, as SQ-VAE trains): the MSE's gradient over 2 MSE."""
     return 0.5 * torch.log(F.mse_loss(x_hat.float(), x.float()))
 
 
